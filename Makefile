@@ -1,0 +1,41 @@
+# Every target does its own set-up and is safe to run again.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+DEB_PACKAGES := iproute2 nftables bird2 etcd-server etcd-client iputils-ping netcat-openbsd \
+	tcpdump iperf3 conntrack containernetworking-plugins
+STAMP_DEB := $(VENV)/.deb-stamp
+STAMP_PIP := $(VENV)/.pip-stamp
+
+.PHONY: setup test unit lint demo clean
+
+setup: $(STAMP_DEB) $(STAMP_PIP)
+
+$(STAMP_DEB):
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "error: need root to install:$$missing (run: sudo make setup)"; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@mkdir -p $(VENV) && touch $@
+
+$(STAMP_PIP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+unit: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit
+
+lint: setup
+	$(VENV)/bin/ruff check tabby tests bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info
