@@ -1,0 +1,300 @@
+"""BGPPeer and BGPConfiguration.
+
+BGPConfiguration keeps every field optional, as Calico stores it: an unset field means
+"use the default", and the `default` instance and per-node `node.<name>` instances are
+merged field by field by the BGP renderer. `BGPConfigurationSpec.effective(field)` (and
+the typed `effective_*` properties) give the value with Calico's default applied.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BeforeValidator, Field, model_validator
+
+from .common import (
+    CIDR,
+    IP,
+    ASNumber,
+    Duration,
+    Name,
+    Selector,
+    TabbyModel,
+    check_interface_name,
+    check_ipv4,
+    check_ipv6,
+)
+from .errors import FieldError, show
+from .meta import Resource
+
+_V4_PORT_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)\.(\d+):(\d+)$")
+_V6_PORT_RE = re.compile(r"^\[([0-9a-fA-F:.]+)\]:(\d+)$")
+
+
+def split_peer_ip(text: str) -> tuple[str, int | None]:
+    """ "10.0.0.1:1179" -> ("10.0.0.1", 1179); "[fd00::1]:1179"; a bare IP -> (ip, None)."""
+    m = _V4_PORT_RE.match(text)
+    if m:
+        return text.rsplit(":", 1)[0], int(m.group(5))
+    m = _V6_PORT_RE.match(text)
+    if m:
+        return m.group(1), int(m.group(2))
+    return text, None
+
+
+def _check_peer_ip(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"invalid peerIP {show(value)}")
+    ip, port = split_peer_ip(value)
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        raise ValueError(
+            f'invalid peerIP {show(value)} (want "<IP>", "<IPv4>:<port>" or "[<IPv6>]:<port>")'
+        ) from None
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(f"invalid port in peerIP {show(value)} (want 1-65535)")
+    return value
+
+
+def _int_range(lo: int, hi: int, what: str) -> Any:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ValueError(f"invalid {what} {show(value)} (want {lo}-{hi})")
+        return value
+
+    return BeforeValidator(check)
+
+
+class SecretKeySelector(TabbyModel):
+    name: str | None = None
+    key: str
+    optional: bool | None = None
+
+
+class BGPPassword(TabbyModel):
+    secretKeyRef: SecretKeySelector | None = None
+
+
+class BGPPeerSpec(TabbyModel):
+    node: Name | None = None
+    nodeSelector: Selector | None = None
+    peerIP: Annotated[str, BeforeValidator(_check_peer_ip)] | None = None
+    asNumber: ASNumber | None = None
+    peerSelector: Selector | None = None
+    keepOriginalNextHop: bool | None = None
+    nextHopMode: Literal["Auto", "Self", "Keep"] | None = None
+    password: BGPPassword | None = None
+    sourceAddress: Literal["UseNodeIP", "None"] | None = None
+    maxRestartTime: Duration | None = None
+    numAllowedLocalASNumbers: (
+        Annotated[int, _int_range(0, 255, "numAllowedLocalASNumbers")] | None
+    ) = None
+    ttlSecurity: Annotated[int, _int_range(0, 255, "ttlSecurity")] | None = None
+    reachableBy: IP | None = None
+    filters: list[Name] | None = None
+    localWorkloadSelector: Selector | None = None
+    keepaliveTime: Duration | None = None
+    reversePeering: Literal["Auto", "Manual"] | None = None
+    localASNumber: ASNumber | None = None
+
+    @model_validator(mode="after")
+    def _peer_rules(self) -> BGPPeerSpec:
+        if self.node and self.nodeSelector:
+            raise FieldError("node", "node must be empty when nodeSelector is given")
+        if self.peerSelector:
+            if self.peerIP:
+                raise FieldError("peerIP", "peerIP must be empty when peerSelector is given")
+            if self.asNumber is not None:
+                raise FieldError(
+                    "asNumber",
+                    "asNumber must be empty when peerSelector is given (the selected nodes' AS is used)",
+                )
+        if self.localWorkloadSelector:
+            if self.asNumber is None:
+                raise FieldError("asNumber", "asNumber is required with localWorkloadSelector")
+            if self.peerIP:
+                raise FieldError(
+                    "peerIP", "peerIP must be empty when localWorkloadSelector is given"
+                )
+            if self.peerSelector:
+                raise FieldError(
+                    "peerSelector", "peerSelector must be empty when localWorkloadSelector is given"
+                )
+        if self.reachableBy:
+            if not self.peerIP:
+                raise FieldError("reachableBy", "reachableBy needs a peerIP")
+            peer, _ = split_peer_ip(self.peerIP)
+            if ipaddress.ip_address(peer).version != ipaddress.ip_address(self.reachableBy).version:
+                raise FieldError(
+                    "reachableBy",
+                    f"reachableBy {show(self.reachableBy)} and peerIP {show(self.peerIP)} "
+                    "are different IP versions",
+                )
+        if self.keepOriginalNextHop and self.nextHopMode is not None:
+            raise FieldError(
+                "keepOriginalNextHop",
+                "keepOriginalNextHop (deprecated) cannot be set with nextHopMode",
+            )
+        if self.peerIP and self.asNumber is None and not self.localWorkloadSelector:
+            raise FieldError("asNumber", "asNumber is required with peerIP")
+        return self
+
+    def peer_address(self) -> tuple[str, int | None]:
+        """(IP, port or None) of peerIP; raises ValueError if peerIP is not set."""
+        if not self.peerIP:
+            raise ValueError("peerIP is not set")
+        return split_peer_ip(self.peerIP)
+
+
+class BGPPeer(Resource):
+    KIND: ClassVar[str] = "BGPPeer"
+
+    apiVersion: Literal["projectcalico.org/v3"] = "projectcalico.org/v3"
+    kind: Literal["BGPPeer"] = "BGPPeer"
+    spec: BGPPeerSpec = Field(default_factory=BGPPeerSpec)
+
+
+# --------------------------------------------------------------------------- BGPConfiguration
+
+_COMMUNITY_RE = re.compile(r"^(\d+):(\d+)(:(\d+))?$")
+
+
+def is_community(value: str) -> bool:
+    """`aa:nn` (16-bit parts) or `aa:nn:mm` (32-bit parts)."""
+    m = _COMMUNITY_RE.match(value)
+    if not m:
+        return False
+    parts = [int(p) for p in (m.group(1), m.group(2), m.group(4)) if p is not None]
+    limit = 0xFFFF if len(parts) == 2 else 0xFFFFFFFF
+    return all(p <= limit for p in parts)
+
+
+class CIDRBlock(TabbyModel):
+    cidr: CIDR
+
+
+class Community(TabbyModel):
+    name: Name
+    value: str
+
+    @model_validator(mode="after")
+    def _value(self) -> Community:
+        if not is_community(self.value):
+            raise FieldError(
+                "value", f'invalid community {show(self.value)} (want "aa:nn" or "aa:nn:mm")'
+            )
+        return self
+
+
+class PrefixAdvertisement(TabbyModel):
+    cidr: CIDR
+    communities: list[str]
+
+
+def _ignored_interface(value: Any) -> str:
+    if isinstance(value, str) and value != "*" and re.fullmatch(r"[a-zA-Z0-9_.*-]{1,15}", value):
+        return value
+    return check_interface_name(value)
+
+
+BGP_DEFAULTS: dict[str, Any] = {
+    "logSeverityScreen": "Info",
+    "nodeToNodeMeshEnabled": True,
+    "asNumber": 64512,
+    "listenPort": 179,
+    "serviceLoadBalancerAggregation": "Enabled",
+    "bindMode": "None",
+    "ipv4NormalRoutePriority": 1024,
+    "ipv6NormalRoutePriority": 1024,
+}
+
+LogLevel = Literal["Trace", "Debug", "Info", "Warning", "Error", "Fatal"]
+
+
+class BGPConfigurationSpec(TabbyModel):
+    logSeverityScreen: LogLevel | None = None
+    nodeToNodeMeshEnabled: bool | None = None
+    asNumber: ASNumber | None = None
+    serviceLoadBalancerIPs: list[CIDRBlock] | None = None
+    serviceExternalIPs: list[CIDRBlock] | None = None
+    serviceClusterIPs: list[CIDRBlock] | None = None
+    communities: list[Community] | None = None
+    prefixAdvertisements: list[PrefixAdvertisement] | None = None
+    listenPort: Annotated[int, _int_range(1, 65535, "listenPort")] | None = None
+    nodeMeshPassword: BGPPassword | None = None
+    nodeMeshMaxRestartTime: Duration | None = None
+    bindMode: Literal["None", "NodeIP"] | None = None
+    ignoredInterfaces: list[Annotated[str, BeforeValidator(_ignored_interface)]] | None = None
+    localWorkloadPeeringIPV4: Annotated[str, BeforeValidator(check_ipv4)] | None = None
+    localWorkloadPeeringIPV6: Annotated[str, BeforeValidator(check_ipv6)] | None = None
+    serviceLoadBalancerAggregation: Literal["Enabled", "Disabled"] | None = None
+    ipv4NormalRoutePriority: Annotated[int, _int_range(1, 2147483646, "route priority")] | None = (
+        None
+    )
+    ipv6NormalRoutePriority: Annotated[int, _int_range(1, 2147483646, "route priority")] | None = (
+        None
+    )
+
+    @model_validator(mode="after")
+    def _rules(self) -> BGPConfigurationSpec:
+        names = {c.name for c in self.communities or ()}
+        if self.communities and not self.prefixAdvertisements:
+            raise FieldError(
+                "communities", "communities are defined but no prefixAdvertisements use them"
+            )
+        for i, adv in enumerate(self.prefixAdvertisements or ()):
+            for j, community in enumerate(adv.communities):
+                if not is_community(community) and community not in names:
+                    raise FieldError(
+                        ("prefixAdvertisements", i, "communities", j),
+                        f"community {show(community)} is neither a value nor a defined name",
+                    )
+        if self.nodeToNodeMeshEnabled is False:
+            for fld in ("nodeMeshPassword", "nodeMeshMaxRestartTime"):
+                if getattr(self, fld) is not None:
+                    raise FieldError(
+                        fld, f"{fld} cannot be set when nodeToNodeMeshEnabled is false"
+                    )
+        return self
+
+    def effective(self, field: str) -> Any:
+        """The field's value, or Calico's default when it is unset."""
+        value = getattr(self, field)
+        return BGP_DEFAULTS.get(field) if value is None else value
+
+    @property
+    def effective_node_to_node_mesh(self) -> bool:
+        return bool(self.effective("nodeToNodeMeshEnabled"))
+
+    @property
+    def effective_as_number(self) -> int:
+        return int(self.effective("asNumber"))
+
+    @property
+    def effective_listen_port(self) -> int:
+        return int(self.effective("listenPort"))
+
+    @property
+    def effective_log_severity(self) -> str:
+        return str(self.effective("logSeverityScreen"))
+
+
+class BGPConfiguration(Resource):
+    KIND: ClassVar[str] = "BGPConfiguration"
+
+    apiVersion: Literal["projectcalico.org/v3"] = "projectcalico.org/v3"
+    kind: Literal["BGPConfiguration"] = "BGPConfiguration"
+    spec: BGPConfigurationSpec = Field(default_factory=BGPConfigurationSpec)
+
+    @model_validator(mode="after")
+    def _mesh_settings_on_default_only(self) -> BGPConfiguration:
+        if self.metadata.name != "default":
+            for fld in ("nodeMeshPassword", "nodeMeshMaxRestartTime"):
+                if getattr(self.spec, fld) is not None:
+                    raise FieldError(
+                        ("spec", fld), f"{fld} can only be set on the 'default' BGPConfiguration"
+                    )
+        return self
