@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _flow_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", default="TCP",
                    help="TCP, UDP, SCTP, ICMP, ICMPv6, UDPLite or a number (default TCP)")
-    p.add_argument("--port", type=int, metavar="N", help="destination port")
+    p.add_argument("--port", type=int, metavar="N", help="destination port (matrix: default 80)")
     p.add_argument("--ip-version", type=int, choices=(4, 6),
                    help="address family (default: from the IPs given, else 4)")
     p.add_argument("--icmp-type", type=int, metavar="T")
@@ -174,7 +174,7 @@ def _cmd_matrix(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         raise CLIError(str(exc)) from None
     if proto in PORT_PROTOCOLS and args.port is None:
-        raise CLIError(f"--port: required for protocol {args.protocol}")
+        args.port = 80  # as `tabby lab probe`, so the two compare without flags
     if proto not in PORT_PROTOCOLS and args.port is not None:
         raise CLIError(f"--port: protocol {args.protocol} has no ports")
     if args.port is not None and not 0 < args.port < 65536:
