@@ -151,7 +151,9 @@ def test_matrix_table(store: str, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_matrix_bad_input(store: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--datastore", store, "policy", "matrix"]) == 1
-    assert "--port: required for protocol TCP" in capsys.readouterr().err
+    assert main(["--datastore", store, "policy", "matrix", "--port", "0"]) == 1
+    assert "--port: invalid port 0" in capsys.readouterr().err
+    assert main(["--datastore", store, "policy", "matrix", "--protocol", "ICMP", "--port", "80"]) == 1
+    assert "--port: protocol ICMP has no ports" in capsys.readouterr().err
     assert main(["--datastore", store, "policy", "matrix", "--protocol", "XTP"]) == 1
     assert "--protocol: unknown protocol 'XTP'" in capsys.readouterr().err
