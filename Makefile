@@ -2,8 +2,11 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
+# Runtime: iproute2 nftables bird2 etcd. Tests and the lab: the rest (podman drives tabby-cni
+# as a real runtime; gobgpd is an external BGP peer; clang/libbpf/bpftool build the IPIP BPF object).
 DEB_PACKAGES := iproute2 nftables bird2 etcd-server etcd-client iputils-ping netcat-openbsd \
-	tcpdump iperf3 conntrack containernetworking-plugins
+	tcpdump iperf3 conntrack containernetworking-plugins podman busybox-static runc gobgpd \
+	clang llvm libbpf-dev bpftool
 STAMP_DEB := $(VENV)/.deb-stamp
 STAMP_PIP := $(VENV)/.pip-stamp
 
