@@ -29,8 +29,8 @@ from .common import (
 from .errors import FieldError, show
 from .meta import Resource
 
-_V4_PORT_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)\.(\d+):(\d+)$")
-_V6_PORT_RE = re.compile(r"^\[([0-9a-fA-F:.]+)\]:(\d+)$")
+_V4_PORT_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)\.(\d+):(\d+)\Z")
+_V6_PORT_RE = re.compile(r"^\[([0-9a-fA-F:.]+)\]:(\d+)\Z")
 
 
 def split_peer_ip(text: str) -> tuple[str, int | None]:
@@ -159,7 +159,7 @@ class BGPPeer(Resource):
 
 # --------------------------------------------------------------------------- BGPConfiguration
 
-_COMMUNITY_RE = re.compile(r"^(\d+):(\d+)(:(\d+))?$")
+_COMMUNITY_RE = re.compile(r"^(\d+):(\d+)(:(\d+))?\Z")
 
 
 def is_community(value: str) -> bool:

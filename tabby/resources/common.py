@@ -32,14 +32,14 @@ class TabbyModel(BaseModel):
 
 _LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _SUBDOMAIN = rf"{_LABEL}(\.{_LABEL})*"
-_LABEL_RE = re.compile(rf"^{_LABEL}$")
-_SUBDOMAIN_RE = re.compile(rf"^{_SUBDOMAIN}$")
-_QNAME_RE = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
-_CONTAINER_ID_RE = re.compile(r"^[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?$")
-_INTERFACE_RE = re.compile(r"^[a-zA-Z0-9_.-]{1,15}$")
-_PORT_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
-_MAC_RE = re.compile(r"^[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(\1[0-9A-Fa-f]{2}){4}$")
-_DURATION_RE = re.compile(r"^[-+]?(0|(\d+(\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h))+$")
+_LABEL_RE = re.compile(rf"^{_LABEL}\Z")
+_SUBDOMAIN_RE = re.compile(rf"^{_SUBDOMAIN}\Z")
+_QNAME_RE = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]\Z")
+_CONTAINER_ID_RE = re.compile(r"^[a-zA-Z0-9][-a-zA-Z0-9_.]*\Z")  # the CNI spec's rule
+_INTERFACE_RE = re.compile(r"^[a-zA-Z0-9_.-]{1,15}\Z")
+_PORT_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?\Z")
+_MAC_RE = re.compile(r"^[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(\1[0-9A-Fa-f]{2}){4}\Z")
+_DURATION_RE = re.compile(r"^[-+]?(0|(\d+(\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h))+\Z")
 _DURATION_PART_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -406,7 +406,7 @@ class Protocol(RootModel[int | str]):
 
 # --------------------------------------------------------------------------- ports
 
-_RANGE_RE = re.compile(r"^(\d+):(\d+)$")
+_RANGE_RE = re.compile(r"^(\d+):(\d+)\Z")
 
 
 def _check_port(value: Any) -> int | str:

@@ -20,8 +20,8 @@ from .rule import MAX_RULES, PolicyType, Rule
 DEFAULT_TIER = "default"
 
 _LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
-_NP_NAME_RE = re.compile(rf"^({_LABEL}(\.{_LABEL})?|(knp|ossg)\.default\.{_LABEL}(\.{_LABEL})*)$")
-_GNP_NAME_RE = re.compile(rf"^({_LABEL}\.)?{_LABEL}$")
+_NP_NAME_RE = re.compile(rf"^({_LABEL}(\.{_LABEL})?|(knp|ossg)\.default\.{_LABEL}(\.{_LABEL})*)\Z")
+_GNP_NAME_RE = re.compile(rf"^({_LABEL}\.)?{_LABEL}\Z")
 _POLICY_NAME_HELP = (
     "lower-case alphanumerics and '-', optionally prefixed by the tier and a dot, "
     "at most 253 characters"
