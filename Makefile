@@ -31,6 +31,11 @@ $(STAMP_PIP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 
+# The README's main job: a 3-node lab on this machine, routing and policy shown, torn down.
+# KEEP=1 leaves the lab up and prints how to explore and remove it.
+demo: setup
+	$(PY) -m tabby.lab.demo
+
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
