@@ -13,6 +13,8 @@ STAMP_PIP := $(VENV)/.pip-stamp
 .PHONY: setup test unit lint demo clean
 
 setup: $(STAMP_DEB) $(STAMP_PIP)
+	@# The IP-in-IP BPF object (built once; skipped when present and current).
+	$(PY) -m tabby.dataplane.ipip.build
 
 $(STAMP_DEB):
 	@missing=""; for p in $(DEB_PACKAGES); do \
