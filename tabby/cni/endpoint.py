@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 
 from tabby.datastore.base import AlreadyExists, Conflict, Datastore, NotFound
@@ -27,10 +26,33 @@ NAMESPACE_LABEL = "projectcalico.org/namespace"
 ORCHESTRATOR_LABEL = "projectcalico.org/orchestrator"
 WRITE_ATTEMPTS = 20
 
-_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
-_DNS_LABEL = re.compile(rf"^{_LABEL}$")
-_SUBDOMAIN = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
-_QNAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+# Character sets instead of regular expressions: compiling the patterns cost ~0.5 ms per
+# plugin exec. The rules are Kubernetes' (DNS label, DNS subdomain, qualified name).
+_LOWER_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+_ALNUM = _LOWER_ALNUM | frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_DNS_LABEL_CHARS = _LOWER_ALNUM | {"-"}
+_QNAME_CHARS = _ALNUM | frozenset("-_.")
+_NAME_PART_CHARS = _LOWER_ALNUM | frozenset(".-")
+
+
+def _dns_label(text: str) -> bool:
+    """[a-z0-9]([-a-z0-9]*[a-z0-9])?"""
+    return (
+        bool(text) and text[0] in _LOWER_ALNUM and text[-1] in _LOWER_ALNUM
+        and set(text) <= _DNS_LABEL_CHARS
+    )
+
+
+def _subdomain(text: str) -> bool:
+    """DNS labels joined by '.'"""
+    return all(_dns_label(part) for part in text.split("."))
+
+
+def _qualified_name(text: str) -> bool:
+    """([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]"""
+    return (
+        bool(text) and text[0] in _ALNUM and text[-1] in _ALNUM and set(text) <= _QNAME_CHARS
+    )
 
 
 class EndpointError(ValueError):
@@ -46,20 +68,20 @@ def check_labels(labels: Any, field_name: str) -> dict[str, str]:
             raise EndpointError(f"{field_name}: invalid label key {k!r}")
         if not isinstance(v, str):
             raise EndpointError(f"{field_name}: label {k}: value must be a string, got {v!r}")
-        if v and (len(v) > 63 or not _QNAME.fullmatch(v)):
+        if v and (len(v) > 63 or not _qualified_name(v)):
             raise EndpointError(f"{field_name}: label {k}: invalid value {v!r}")
     return dict(labels)
 
 
 def _label_key_ok(key: str) -> bool:
     prefix, slash, name = key.rpartition("/")
-    if slash and (not prefix or len(prefix) > 253 or not _SUBDOMAIN.fullmatch(prefix)):
+    if slash and (not prefix or len(prefix) > 253 or not _subdomain(prefix)):
         return False
-    return 0 < len(name) <= 63 and bool(_QNAME.fullmatch(name))
+    return 0 < len(name) <= 63 and _qualified_name(name)
 
 
 def check_name(value: Any, field_name: str) -> str:
-    if not isinstance(value, str) or len(value) > 253 or not _SUBDOMAIN.fullmatch(value):
+    if not isinstance(value, str) or len(value) > 253 or not _subdomain(value):
         raise EndpointError(
             f"{field_name}: invalid name {value!r} (lower-case alphanumerics, '-' and '.')"
         )
@@ -67,7 +89,7 @@ def check_name(value: Any, field_name: str) -> str:
 
 
 def check_namespace(value: Any, field_name: str) -> str:
-    if not isinstance(value, str) or len(value) > 63 or not _DNS_LABEL.fullmatch(value):
+    if not isinstance(value, str) or len(value) > 63 or not _dns_label(value):
         raise EndpointError(
             f"{field_name}: invalid namespace {value!r} (lower-case alphanumerics and '-')"
         )
@@ -76,7 +98,11 @@ def check_namespace(value: Any, field_name: str) -> str:
 
 def name_part(text: str) -> str:
     """A container ID or interface name made usable inside a resource name."""
-    out = re.sub(r"[^a-z0-9.-]", "-", text.lower()).strip("-.")
+    # Every character outside [a-z0-9.-] becomes '-' (as re.sub(r"[^a-z0-9.-]", "-", ...)).
+    lowered = text.lower()
+    if not set(lowered) <= _NAME_PART_CHARS:
+        lowered = "".join(c if c in _NAME_PART_CHARS else "-" for c in lowered)
+    out = lowered.strip("-.")
     return out or "x"
 
 
@@ -178,8 +204,10 @@ def _encode(d: dict[str, Any]) -> bytes:
 def write_endpoint(ds: Datastore, ep: Endpoint) -> None:
     """Create the endpoint, or replace it (keeping uid and creationTimestamp) on a repeat ADD."""
     key = ep.key
-    for _ in range(WRITE_ATTEMPTS):
-        kv = ds.get(key)
+    kv = None  # usually a new container: the first attempt creates without reading first
+    for attempt in range(WRITE_ATTEMPTS):
+        if attempt:
+            kv = ds.get(key)
         if kv is None:
             created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             try:
@@ -206,11 +234,18 @@ def read_endpoint(ds: Datastore, key: str) -> tuple[dict[str, Any], int] | None:
     return json.loads(kv.value), kv.mod_revision
 
 
-def delete_endpoint(ds: Datastore, key: str, container_id: str | None) -> bool:
+def delete_endpoint(
+    ds: Datastore,
+    key: str,
+    container_id: str | None,
+    found: tuple[dict[str, Any], int] | None = None,
+) -> bool:
     """Delete the endpoint if it is (still) this container's. A newer sandbox of the same pod
-    may have rewritten it; its DEL then must not remove the new one."""
-    for _ in range(WRITE_ATTEMPTS):
-        found = read_endpoint(ds, key)
+    may have rewritten it; its DEL then must not remove the new one. `found`: what the caller
+    just read with read_endpoint (saves reading it again)."""
+    for attempt in range(WRITE_ATTEMPTS):
+        if attempt or found is None:
+            found = read_endpoint(ds, key)
         if found is None:
             return False
         data, revision = found

@@ -12,7 +12,6 @@ on every container start.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import os
 import sys
@@ -153,10 +152,15 @@ def cmd_add(nc: NetConf) -> dict[str, Any]:
             write_endpoint(ds, _endpoint(nc, host_if, addresses, mac))
         except BaseException as exc:
             nc.log.error(f"ADD failed, rolling back: {exc}")
-            with contextlib.suppress(Exception):
+            # Best effort, each step on its own (no contextlib: an import on every ADD).
+            try:
                 wire.delete_host_link(host_if)
-            with contextlib.suppress(Exception):
+            except Exception:  # the original failure is what gets reported
+                pass
+            try:
                 _release(nc, ds)
+            except Exception:
+                pass
             err = ipam_errors(exc) if isinstance(exc, Exception) else None
             if err is not None and err is not exc:
                 raise err from None
@@ -167,17 +171,21 @@ def cmd_add(nc: NetConf) -> dict[str, Any]:
     return _result(nc, host_if, mac, addresses)
 
 
-def _find_endpoint_key(nc: NetConf, ds: Any, host_if: str) -> str | None:
+def _find_endpoint(
+    nc: NetConf, ds: Any, host_if: str
+) -> tuple[str, tuple[dict[str, Any], int] | None] | None:
+    """The attachment's endpoint key, with its (data, revision) when read by key."""
     key = endpoint_key(
         nc.namespace, endpoint_name(nc.nodename, nc.orchestrator, nc.workload, nc.endpoint)
     )
-    if read_endpoint(ds, key) is not None:
-        return key
+    found = read_endpoint(ds, key)
+    if found is not None:
+        return key, found
     # DEL may come without the ADD's args (labels/identity): find it by its interface.
     for k, data in list_node_endpoints(ds, nc.nodename):
         s = data.get("spec") or {}
         if s.get("interfaceName") == host_if and s.get("containerID") == nc.env.container_id:
-            return k
+            return k, None
     return None
 
 
@@ -194,9 +202,9 @@ def cmd_del(nc: NetConf) -> None:
         raise _dataplane_error(exc, f"veth {host_if}") from None
     ds = open_ds(nc)
     try:
-        key = _find_endpoint_key(nc, ds, host_if)
-        if key is not None and delete_endpoint(ds, key, env.container_id):
-            nc.log.info(f"deleted endpoint {key}")
+        ep = _find_endpoint(nc, ds, host_if)
+        if ep is not None and delete_endpoint(ds, ep[0], env.container_id, found=ep[1]):
+            nc.log.info(f"deleted endpoint {ep[0]}")
         _release(nc, ds)
     except Exception as exc:
         err = ipam_errors(exc)
@@ -239,7 +247,7 @@ def cmd_check(nc: NetConf) -> None:
             from tabby.cni.delegate import delegate
 
             delegate(nc.ipam_type, "CHECK", nc.raw, env)
-        if _find_endpoint_key(nc, ds, host_if) is None:
+        if _find_endpoint(nc, ds, host_if) is None:
             raise CNIError(
                 spec.ERR_CHECK_RESERVATION,
                 f"CHECK: WorkloadEndpoint for container {env.container_id} is missing",
@@ -269,8 +277,10 @@ def cmd_gc(nc: NetConf) -> None:
             if cid and attrs.get("node", nc.nodename) == nc.nodename:
                 stale_ifs[wire.host_ifname(cid, ifname)] = cid
         for host_if in stale_ifs:
-            with contextlib.suppress(wire.WiringError):
+            try:
                 wire.delete_host_link(host_if)
+            except wire.WiringError:
+                pass
         for key, data in list_node_endpoints(ds, nc.nodename):
             s = data.get("spec") or {}
             owner = stale_ifs.get(s.get("interfaceName", ""))

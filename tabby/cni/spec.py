@@ -2,14 +2,14 @@
 
 Spec versions 1.0.0 and 1.1.0 (and 0.4.0, whose results differ only by the `version` field
 of each IP). Nothing here touches the kernel or the datastore, and it imports only `json` and
-`os`, because every plugin exec pays for what this module imports.
+`os`, because every plugin exec pays for what this module imports. The name checks are set
+operations, not regular expressions: compiling a pattern costs ~0.1 ms per exec.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 
 # `typing` costs ~3 ms per plugin exec; annotations are strings (PEP 563), so it is
@@ -56,11 +56,19 @@ REQUIRED_ENV = {
     "VERSION": (),
 }
 
-# Spec: a container ID starts alphanumeric, then alphanumerics, '_', '.' or '-'.
-_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-_NETWORK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-_VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
-_NETNS_PATH = re.compile(r"^/[A-Za-z0-9_.:@+=,/-]*$")
+_ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+_ID_CHARS = _ALNUM | frozenset("_.-")
+_NETNS_CHARS = _ALNUM | frozenset("_.:@+=,/-")
+
+
+def is_identifier(text: str) -> bool:
+    """[A-Za-z0-9][A-Za-z0-9_.-]*: the spec's container ID, also network names."""
+    return bool(text) and text[0] in _ALNUM and set(text) <= _ID_CHARS
+
+
+def _is_netns_path(text: str) -> bool:
+    """/[A-Za-z0-9_.:@+=,/-]*"""
+    return text[:1] == "/" and set(text) <= _NETNS_CHARS
 
 
 class CNIError(Exception):
@@ -80,10 +88,11 @@ class CNIError(Exception):
 
 
 def version_tuple(version: str) -> tuple[int, int, int]:
-    m = _VERSION.fullmatch(version)
-    if not m:
+    parts = version.split(".")
+    # isdecimal() is the regex \d (any Unicode decimal digit), which int() also reads.
+    if len(parts) != 3 or not all(p.isdecimal() for p in parts):
         raise CNIError(ERR_DECODE, f"cniVersion: {version!r} is not a version (want X.Y.Z)")
-    return int(m[1]), int(m[2]), int(m[3])
+    return int(parts[0]), int(parts[1]), int(parts[2])
 
 
 def check_version(version: Any, command: str) -> str:
@@ -132,14 +141,14 @@ class Env:
         self.path = [p for p in e.get("CNI_PATH", "").split(":") if p]
         self.args_text = e.get("CNI_ARGS", "")
         if command in ("ADD", "DEL", "CHECK"):
-            if not _CONTAINER_ID.fullmatch(self.container_id):
+            if not is_identifier(self.container_id):
                 raise CNIError(
                     ERR_INVALID_ENV,
                     f"CNI_CONTAINERID: invalid container ID {self.container_id!r} "
                     "(alphanumeric first, then alphanumerics, '_', '.', '-')",
                 )
             check_ifname(self.ifname, "CNI_IFNAME")
-            if self.netns and not _NETNS_PATH.fullmatch(self.netns):
+            if self.netns and not _is_netns_path(self.netns):
                 # It goes into `ip -batch` lines and an nsenter argument: a plain path only.
                 raise CNIError(
                     ERR_INVALID_ENV,
@@ -210,7 +219,7 @@ def load_config(data: bytes | str, command: str) -> dict[str, Any]:
     if command == "VERSION":
         return conf
     name = conf.get("name")
-    if not isinstance(name, str) or not _NETWORK_NAME.fullmatch(name):
+    if not isinstance(name, str) or not is_identifier(name):
         raise CNIError(
             ERR_INVALID_CONFIG,
             f"name: missing or invalid network name {name!r} "

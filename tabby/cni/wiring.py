@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
 
 from tabby.cni.constants import (
     GATEWAY_V4,
@@ -31,6 +30,7 @@ from tabby.cni.constants import (
 # needed only by type checkers.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from typing import Any
 
 try:  # the builtin SHA-1: hashlib would load OpenSSL (~2 ms per exec) for one short digest

@@ -9,9 +9,15 @@ write that produced it, and is what compare-and-swap compares against.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Literal
+
+# The CNI plugin imports this module on every container ADD: `dataclasses` (which pulls in
+# inspect, ast and dis) and `typing` would cost ~10 ms per exec, so KV and Event are written
+# out by hand with the behaviour of frozen, slotted dataclasses, and the annotations (strings,
+# PEP 563) need their names only under a type checker.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Literal
 
 
 class DatastoreError(Exception):
@@ -42,20 +48,80 @@ class Compacted(DatastoreError):
         self.compact_revision = compact_revision
 
 
-@dataclass(frozen=True, slots=True)
-class KV:
+class _Frozen:
+    """What `@dataclass(frozen=True)` generates, for the fields named in `_fields`: equality
+    and hash by field values (same class only), a field-by-field repr, refusal of any
+    assignment (dataclasses.FrozenInstanceError), pickling. Subclasses set the fields in
+    __init__ with object.__setattr__."""
+
+    __slots__ = ()
+    _fields: tuple[str, ...] = ()
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self._fields)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._fields)
+        return f"{type(self).__qualname__}({fields})"
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is self.__class__:
+            return self._values() == other._values()  # type: ignore[attr-defined]
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __setattr__(self, name: str, value: object) -> None:
+        from dataclasses import FrozenInstanceError  # only on this error path
+
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        from dataclasses import FrozenInstanceError
+
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __getstate__(self) -> list[object]:
+        return list(self._values())
+
+    def __setstate__(self, state: list[object]) -> None:
+        for name, value in zip(self._fields, state, strict=True):
+            object.__setattr__(self, name, value)
+
+
+class KV(_Frozen):
+    __slots__ = _fields = __match_args__ = ("key", "value", "mod_revision", "create_revision")
+
     key: str
     value: bytes
     mod_revision: int
     create_revision: int
 
+    def __init__(self, key: str, value: bytes, mod_revision: int, create_revision: int) -> None:
+        set_ = object.__setattr__
+        set_(self, "key", key)
+        set_(self, "value", value)
+        set_(self, "mod_revision", mod_revision)
+        set_(self, "create_revision", create_revision)
 
-@dataclass(frozen=True, slots=True)
-class Event:
+
+class Event(_Frozen):
+    __slots__ = _fields = __match_args__ = ("type", "key", "value", "revision")
+
     type: Literal["put", "delete"]
     key: str
     value: bytes | None  # None for delete
     revision: int  # the revision of the write that caused the event
+
+    def __init__(
+        self, type: Literal["put", "delete"], key: str, value: bytes | None, revision: int
+    ) -> None:
+        set_ = object.__setattr__
+        set_(self, "type", type)
+        set_(self, "key", key)
+        set_(self, "value", value)
+        set_(self, "revision", revision)
 
 
 class Watch(abc.ABC):

@@ -15,18 +15,18 @@ makes thousands of CAS writes per second possible instead of one fsync per write
 
 History is bounded: every `compact_every` revisions the writer compacts away history older
 than the last `history` revisions (10,000 by default; `sqlite:///path?history=N`, 0 = never).
+
+Opening is cheap because every CNI plugin exec opens the store: the schema is created under
+the write lock only when a read shows it missing, and the imports are the ones an open needs
+(`_sqlite3` directly: the `sqlite3` wrapper imports datetime for adapters we never use;
+threading, weakref, pathlib and contextlib only where watches or `.path` need them).
 """
 
 from __future__ import annotations
 
-import contextlib
+import _thread
 import os
-import sqlite3
-import threading
 import time
-import weakref
-from collections.abc import Iterator
-from pathlib import Path
 
 from .base import (
     KV,
@@ -40,6 +40,18 @@ from .base import (
     Unavailable,
     Watch,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import sqlite3
+    import weakref
+    from collections.abc import Iterator
+    from pathlib import Path
+else:
+    try:
+        import _sqlite3 as sqlite3  # the same classes and connect() as sqlite3's
+    except ImportError:  # pragma: no cover - an interpreter without the C module split
+        import sqlite3
 
 DEFAULT_HISTORY = 10_000
 DEFAULT_COMPACT_EVERY = 1_000
@@ -69,6 +81,8 @@ CREATE TABLE IF NOT EXISTS history (
 );
 CREATE INDEX IF NOT EXISTS history_key_revision ON history (key, revision);
 """
+_SCHEMA_OBJECTS = ("meta", "kv", "history", "history_key_revision")
+_META_ROWS = ("schema", "revision", "compact_revision")
 
 
 def prefix_range(prefix: str) -> tuple[str, str | None]:
@@ -93,13 +107,26 @@ def _where_prefix(prefix: str, column: str = "key") -> tuple[str, tuple[str, ...
     return f"{column} >= ? AND {column} < ?", (lo, hi)
 
 
-def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
+def _fs_path(path: str | os.PathLike[str]) -> str:
+    """`str(Path(path))` without importing pathlib when that is the path unchanged: no empty
+    or '.' segments (which Path collapses), not '' (which Path makes '.')."""
+    text = os.fspath(path)
+    if isinstance(text, str) and text:
+        segments = text[1:].split("/") if text.startswith("/") else text.split("/")
+        if all(seg and seg != "." for seg in segments):
+            return text
+    from pathlib import Path
+
+    return str(Path(path))
+
+
+def _connect(path: str, busy_timeout: float) -> sqlite3.Connection:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        # timeout= is SQLite's busy timeout (the same as PRAGMA busy_timeout).
         conn = sqlite3.connect(
-            str(path), timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
         )
-        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
         _enable_wal(conn, path, busy_timeout)
         conn.execute("PRAGMA synchronous = NORMAL")
         return conn
@@ -107,7 +134,7 @@ def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
         raise Unavailable(f"cannot open sqlite datastore {path}: {exc}") from exc
 
 
-def _enable_wal(conn: sqlite3.Connection, path: Path, busy_timeout: float) -> None:
+def _enable_wal(conn: sqlite3.Connection, path: str, busy_timeout: float) -> None:
     # Switching a new file to WAL needs an exclusive lock, and SQLite reports "locked" at
     # once (no busy handler) when several processes open a fresh file together: retry.
     deadline = time.monotonic() + busy_timeout
@@ -129,13 +156,73 @@ def _enable_wal(conn: sqlite3.Connection, path: Path, busy_timeout: float) -> No
         delay = min(delay * 2, 0.05)
 
 
-@contextlib.contextmanager
-def _sqlite_errors(path: Path) -> Iterator[None]:
-    """Storage failures (lock held too long, I/O error, closed) surface as Unavailable."""
-    try:
-        yield
-    except sqlite3.Error as exc:
-        raise Unavailable(f"sqlite datastore {path}: {exc}") from exc
+class _sqlite_errors:
+    """Storage failures (lock held too long, I/O error, closed) surface as Unavailable.
+    (A class, not @contextmanager: cheaper per call, and no contextlib import.)"""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, typ: object, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, sqlite3.Error):
+            raise Unavailable(f"sqlite datastore {self.path}: {exc}") from exc
+
+
+class _Transaction:
+    """`with store._tx() as conn:` BEGIN [IMMEDIATE] ... COMMIT, or ROLLBACK on any error,
+    holding the store's lock, with sqlite errors as Unavailable."""
+
+    __slots__ = ("store", "immediate", "conn")
+
+    def __init__(self, store: SqliteDatastore, immediate: bool) -> None:
+        self.store = store
+        self.immediate = immediate
+
+    def __enter__(self) -> sqlite3.Connection:
+        store = self.store
+        store._after_fork()
+        store._lock.acquire()
+        try:
+            conn = self.conn = store._connection()
+            conn.execute("BEGIN IMMEDIATE" if self.immediate else "BEGIN")
+        except BaseException as exc:
+            store._lock.release()
+            if isinstance(exc, sqlite3.Error):
+                raise Unavailable(f"sqlite datastore {store._path}: {exc}") from exc
+            raise
+        return conn
+
+    def __exit__(self, typ: object, exc: BaseException | None, tb: object) -> None:
+        try:
+            if exc is None:
+                try:
+                    self.conn.execute("COMMIT")
+                    return
+                except BaseException as commit_exc:
+                    self._rollback()
+                    if isinstance(commit_exc, sqlite3.Error):
+                        raise Unavailable(
+                            f"sqlite datastore {self.store._path}: {commit_exc}"
+                        ) from commit_exc
+                    raise
+            self._rollback()
+            if isinstance(exc, sqlite3.Error):
+                raise Unavailable(f"sqlite datastore {self.store._path}: {exc}") from exc
+        finally:
+            self.store._lock.release()
+
+    def _rollback(self) -> None:
+        conn = self.conn
+        if conn.in_transaction:  # also after a failed COMMIT: leave no tx open
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
 
 
 def _check_key(key: str) -> None:
@@ -157,22 +244,48 @@ class SqliteDatastore(Datastore):
         compact_every: int = DEFAULT_COMPACT_EVERY,
         busy_timeout: float = BUSY_TIMEOUT,
     ) -> None:
-        self.path = Path(path)
+        self._path = _fs_path(path)  # str(self.path), for sqlite and messages
         self.history = history
         self.compact_every = max(1, compact_every)
         self.busy_timeout = busy_timeout
-        self._lock = threading.Lock()  # one statement sequence at a time on the connection
+        # One statement sequence at a time on the connection (threading.Lock is this type).
+        self._lock = _thread.allocate_lock()
         self._pid = os.getpid()
-        self._watches: weakref.WeakSet[SqliteWatch] = weakref.WeakSet()
-        self._conn: sqlite3.Connection | None = _connect(self.path, busy_timeout)
+        self._watches: weakref.WeakSet[SqliteWatch] | None = None  # made by the first watch
+        self._conn: sqlite3.Connection | None = _connect(self._path, busy_timeout)
+        self._ensure_schema()
+
+    @property
+    def path(self) -> Path:
+        from pathlib import Path
+
+        return Path(self._path)
+
+    def __repr__(self) -> str:
+        return f"SqliteDatastore({self._path!r})"
+
+    def _ensure_schema(self) -> None:
+        """Create the tables if a read shows any piece missing. Only a new file needs the
+        write lock: taking it on every open would queue parallel CNI ADDs behind each
+        other's commits just to learn that the schema is there."""
+        with self._lock, _sqlite_errors(self._path):
+            conn = self._connection()
+            marks = ",".join("?" * len(_SCHEMA_OBJECTS))
+            found = conn.execute(
+                f"SELECT count(*) FROM sqlite_master WHERE name IN ({marks})", _SCHEMA_OBJECTS
+            ).fetchone()[0]
+            if found == len(_SCHEMA_OBJECTS):
+                marks = ",".join("?" * len(_META_ROWS))
+                rows = conn.execute(
+                    f"SELECT count(*) FROM meta WHERE name IN ({marks})", _META_ROWS
+                ).fetchone()[0]
+                if rows == len(_META_ROWS):
+                    return
         # executescript() would COMMIT implicitly, so run the schema statement by statement.
         with self._tx(immediate=True) as conn:
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     conn.execute(stmt)
-
-    def __repr__(self) -> str:
-        return f"SqliteDatastore({str(self.path)!r})"
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -182,30 +295,18 @@ class SqliteDatastore(Datastore):
         # inherited handle is parked, never closed: closing it could touch the parent's WAL.
         if self._pid != os.getpid() and self._conn is not None:
             _FORK_LEFTOVERS.append(self._conn)
-            self._lock = threading.Lock()
-            self._conn = _connect(self.path, self.busy_timeout)
-            self._watches = weakref.WeakSet()
+            self._lock = _thread.allocate_lock()
+            self._conn = _connect(self._path, self.busy_timeout)
+            self._watches = None
             self._pid = os.getpid()
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
-            raise DatastoreError(f"sqlite datastore {self.path} is closed")
+            raise DatastoreError(f"sqlite datastore {self._path} is closed")
         return self._conn
 
-    @contextlib.contextmanager
-    def _tx(self, immediate: bool = False) -> Iterator[sqlite3.Connection]:
-        self._after_fork()
-        with self._lock, _sqlite_errors(self.path):
-            conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:  # also after a failed COMMIT: leave no tx open
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                raise
+    def _tx(self, immediate: bool = False) -> _Transaction:
+        return _Transaction(self, immediate)
 
     @staticmethod
     def _meta(conn: sqlite3.Connection) -> tuple[int, int]:
@@ -261,7 +362,7 @@ class SqliteDatastore(Datastore):
     def get(self, key: str) -> KV | None:
         _check_key(key)
         self._after_fork()
-        with self._lock, _sqlite_errors(self.path):
+        with self._lock, _sqlite_errors(self._path):
             row = (
                 self._connection()
                 .execute(
@@ -275,6 +376,24 @@ class SqliteDatastore(Datastore):
         if revision is not None and revision < 1:
             raise ValueError(f"list revision must be >= 1, got {revision}")
         where, params = _where_prefix(prefix)
+        if revision is None:
+            # One statement is one read snapshot: the rows and the revision they are at, in
+            # a single round trip (BEGIN, meta, rows, COMMIT otherwise). No rows: no revision
+            # either, so an empty prefix takes the transaction below.
+            self._after_fork()
+            with self._lock, _sqlite_errors(self._path):
+                rows = (
+                    self._connection()
+                    .execute(
+                        "SELECT key, value, mod_revision, create_revision,"
+                        " (SELECT value FROM meta WHERE name = 'revision') FROM kv"
+                        f" WHERE {where} ORDER BY key",
+                        params,
+                    )
+                    .fetchall()
+                )
+            if rows:
+                return [KV(k, bytes(v), m, c) for k, v, m, c, _ in rows], rows[0][4]
         with self._tx() as conn:
             current, compact_rev = self._meta(conn)
             if revision is None or revision == current:
@@ -340,6 +459,10 @@ class SqliteDatastore(Datastore):
 
     def watch(self, prefix: str, start_revision: int) -> Watch:
         w = SqliteWatch(self, prefix, start_revision)
+        if self._watches is None:
+            import weakref
+
+            self._watches = weakref.WeakSet()
         self._watches.add(w)
         return w
 
@@ -363,7 +486,7 @@ class SqliteDatastore(Datastore):
                 self._compact_tx(conn, compact_rev, revision)
 
     def close(self) -> None:
-        for w in list(self._watches):
+        for w in list(self._watches or ()):
             w.close()
         with self._lock:
             if self._conn is not None:
@@ -375,7 +498,9 @@ class SqliteWatch(Watch):
     """Polls the history table on its own connection; close() wakes the poller at once."""
 
     def __init__(self, store: SqliteDatastore, prefix: str, start_revision: int) -> None:
-        self._path = store.path
+        import threading
+
+        self._path = store._path
         # "+key" keeps the planner off the key index: a poll must walk the few rows after
         # the last revision (rowid range), not every retained row under the prefix.
         self._where, self._params = _where_prefix(prefix, "+key")
@@ -383,7 +508,7 @@ class SqliteWatch(Watch):
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._started = False
-        self._conn: sqlite3.Connection | None = _connect(store.path, store.busy_timeout)
+        self._conn: sqlite3.Connection | None = _connect(store._path, store.busy_timeout)
 
     def __iter__(self) -> Iterator[Event]:
         with self._lock:

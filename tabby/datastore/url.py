@@ -12,25 +12,44 @@ Accepted forms (see docs in `open_datastore`):
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from pathlib import Path
-from urllib.parse import parse_qsl
 
-from .base import Datastore
+from .base import _Frozen
+
+# `open_datastore` runs in every CNI plugin exec: pathlib, urllib.parse and dataclasses are
+# imported only where a caller needs them (parse_url's Path, a URL with options), not to
+# open a plain sqlite:///path.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from .base import Datastore
 
 ENV_VAR = "TABBY_DATASTORE"
 ETCD_DEFAULT_PORT = 2379
 
 
-@dataclass(frozen=True)
-class SqliteURL:
+class SqliteURL(_Frozen):
+    """A parsed sqlite URL (behaves as a frozen dataclass)."""
+
+    _fields = __match_args__ = ("path", "history")
+
     path: Path
-    history: int | None = None  # None = backend default
+    history: int | None  # None = backend default
+
+    def __init__(self, path: Path, history: int | None = None) -> None:
+        object.__setattr__(self, "path", path)
+        object.__setattr__(self, "history", history)
 
 
-@dataclass(frozen=True)
-class EtcdURL:
-    endpoints: tuple[tuple[str, int], ...] = field(default_factory=tuple)
+class EtcdURL(_Frozen):
+    """A parsed etcd URL (behaves as a frozen dataclass)."""
+
+    _fields = __match_args__ = ("endpoints",)
+
+    endpoints: tuple[tuple[str, int], ...]
+
+    def __init__(self, endpoints: tuple[tuple[str, int], ...] = ()) -> None:
+        object.__setattr__(self, "endpoints", endpoints)
 
 
 def default_url() -> str:
@@ -57,12 +76,25 @@ def parse_url(url: str) -> SqliteURL | EtcdURL:
 
 
 def _parse_sqlite(url: str, rest: str) -> SqliteURL:
+    from pathlib import Path
+
+    path_text, history = _sqlite_parts(url, rest)
+    # "sqlite:///abs" keeps its leading slash in `rest`; anything else is relative to cwd.
+    return SqliteURL(path=Path(path_text).expanduser().absolute(), history=history)
+
+
+def _sqlite_parts(url: str, rest: str) -> tuple[str, int | None]:
+    """The path as written and the history option of a sqlite URL, checked."""
     path_text, _, query = rest.partition("?")
     if not path_text or path_text == "/":
         raise _bad(url, "missing database file path")
     if path_text.endswith("/"):
         raise _bad(url, "path names a directory, not a database file")
     history: int | None = None
+    if not query:
+        return path_text, history
+    from urllib.parse import parse_qsl
+
     for name, value in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
         if name != "history":
             raise _bad(url, f"unknown option {name!r} (known: history)")
@@ -72,9 +104,17 @@ def _parse_sqlite(url: str, rest: str) -> SqliteURL:
             raise _bad(url, f"history={value!r} is not an integer") from None
         if history < 0:
             raise _bad(url, f"history={value!r} must be >= 0")
-    # "sqlite:///abs" keeps its leading slash in `rest`; anything else is relative to cwd.
-    path = Path(path_text).expanduser()
-    return SqliteURL(path=path.absolute(), history=history)
+    return path_text, history
+
+
+def _plain_absolute(path_text: str) -> bool:
+    """True when pathlib would leave the path as it is: absolute, no '~', no empty or '.'
+    segments (Path collapses those; it keeps '..')."""
+    return (
+        path_text.startswith("/")
+        and not path_text.startswith("//")
+        and all(seg and seg != "." for seg in path_text[1:].split("/"))
+    )
 
 
 def _parse_etcd(url: str, rest: str) -> EtcdURL:
@@ -116,12 +156,18 @@ def open_datastore(url: str | None = None) -> Datastore:
     """
     if url is None:
         url = os.environ.get(ENV_VAR) or default_url()
-    parsed = parse_url(url)
-    if isinstance(parsed, SqliteURL):
+    if isinstance(url, str) and url[:9].lower() == "sqlite://":
+        # The common case, without building a SqliteURL (and importing pathlib) for it.
+        path_text, history = _sqlite_parts(url, url[9:])
+        path: str | Path = (
+            path_text if _plain_absolute(path_text) else _parse_sqlite(url, url[9:]).path
+        )
         from .sqlite import SqliteDatastore
 
-        kwargs = {} if parsed.history is None else {"history": parsed.history}
-        return SqliteDatastore(parsed.path, **kwargs)
+        kwargs = {} if history is None else {"history": history}
+        return SqliteDatastore(path, **kwargs)
+    parsed = parse_url(url)
+    assert isinstance(parsed, EtcdURL)  # every sqlite URL was opened above
     from .etcd import EtcdDatastore
 
     return EtcdDatastore(list(parsed.endpoints))

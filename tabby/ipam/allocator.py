@@ -18,20 +18,28 @@ tabby.datastore.base only; pools are read as JSON.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
-from typing import Any
 
-from tabby.datastore.base import Conflict, Datastore, NotFound
+from tabby.datastore.base import Conflict, NotFound
 from tabby.ipam import affinity as aff_ops
-from tabby.ipam.block import AddressInUse, Block, IPAddress, IPNetwork, seeded_index, walk_blocks
+from tabby.ipam.block import AddressInUse, Block, seeded_index, walk_blocks
 from tabby.ipam.pools import (
-    Pool,
     pool_for_ip,
     read_node_labels,
     read_pools,
     select_pools,
 )
 from tabby.ipam.store import CONFIRMED, PENDING, IPAMConfig, IPAMError, Store
+
+# `typing` costs ~3 ms per CNI plugin exec (which imports this module); annotations are
+# strings (PEP 563), so their names are needed only by type checkers.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping
+    from typing import Any
+
+    from tabby.datastore.base import Datastore
+    from tabby.ipam.block import IPAddress, IPNetwork
+    from tabby.ipam.pools import Pool
 
 __all__ = ["IPAM", "AssignResult", "IPAMConfig", "IPAMError"]
 
@@ -124,7 +132,16 @@ class IPAM:
         if num_v4 < 0 or num_v6 < 0:
             raise IPAMError(f"number of addresses must be >= 0, got v4={num_v4} v6={num_v6}")
         before = self.store.conflicts
-        cfg = self.store.get_config()
+        # The IPAM config matters only once the node's own blocks are full: the common case
+        # (a free address in an affine block) never reads it.
+        cfg: IPAMConfig | None = None
+
+        def config() -> IPAMConfig:
+            nonlocal cfg
+            if cfg is None:
+                cfg = self.store.get_config()
+            return cfg
+
         all_pools = read_pools(self.ds)
         labels: dict[str, str] | None = dict(node_labels) if node_labels is not None else None
 
@@ -139,7 +156,7 @@ class IPAM:
             for version, num in ((4, num_v4), (6, num_v6)):
                 if num:
                     chosen = select_pools(all_pools, version, node, pools, labels, labels_reader, use)
-                    self._assign_version(version, chosen, handle, node, num, attrs, cfg, got)
+                    self._assign_version(version, chosen, handle, node, num, attrs, config, got)
         except BaseException:
             if got:
                 try:
@@ -161,7 +178,7 @@ class IPAM:
         node: str,
         num: int,
         attrs: dict[str, Any] | None,
-        cfg: IPAMConfig,
+        config: Callable[[], IPAMConfig],
         got: list[tuple[IPAddress, IPNetwork]],
     ) -> None:
         if not pools:
@@ -178,6 +195,7 @@ class IPAM:
             if len(got) == target:
                 return
         owned = len(affine)
+        cfg = config()
         if cfg.autoAllocateBlocks:
             tried: set[IPNetwork] = set()
             while len(got) < target:

@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Mapping
-from typing import Any
 
-from tabby.datastore.base import Datastore
-from tabby.ipam.block import IPAddress, IPNetwork, block_containing
+from tabby.ipam.block import block_containing
 from tabby.ipam.store import IPAMError
+
+# `typing` costs ~3 ms per CNI plugin exec (which imports this module); annotations are
+# strings (PEP 563), so their names are needed only by type checkers.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
+    from tabby.datastore.base import Datastore
+    from tabby.ipam.block import IPAddress, IPNetwork
 
 POOLS_PREFIX = "/tabby/v3/ippools/"
 NODES_PREFIX = "/tabby/v3/nodes/"

@@ -13,8 +13,6 @@ a create, or an update/delete against the revision that was read.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import Any, TypeVar
 
 from tabby.datastore.base import KV, AlreadyExists, Conflict, Datastore, NotFound
 from tabby.ipam.block import (
@@ -25,6 +23,15 @@ from tabby.ipam.block import (
     key_to_cidr,
     unescape_segment,
 )
+
+# `typing` costs ~3 ms per CNI plugin exec (which imports this module); annotations are
+# strings (PEP 563), so their names are needed only by type checkers.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, TypeVar
+
+    T = TypeVar("T")
 
 ROOT = "/tabby/ipam/v2/"
 BLOCKS = ROOT + "blocks/"
@@ -38,8 +45,6 @@ MAX_ATTEMPTS = 100
 
 PENDING, CONFIRMED, PENDING_DELETION = "pending", "confirmed", "pendingDeletion"
 DEFAULT_BLOCK_LIMIT = 20
-
-T = TypeVar("T")
 
 
 class IPAMError(Exception):
