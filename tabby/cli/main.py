@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 from tabby.cli.common import CLIError, err_console
 
@@ -20,8 +21,15 @@ VERB_MODULES = (
 )
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Flag errors as one line and exit 1 (bad input), keeping exit 2 for "unreachable"."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(1, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="tabby", description="Calico-style networking and network policy."
     )
     parser.add_argument(

@@ -172,3 +172,11 @@ def test_unreachable_datastore_exits_2_without_traceback():
 def test_bad_datastore_url_is_one_line(capsys):
     assert run("--datastore", "mysql://x", "get", "ippool") == 1
     assert "mysql://x" in capsys.readouterr().err
+
+
+def test_bad_flag_is_one_line_exit_1(capsys):
+    with pytest.raises(SystemExit) as exc:
+        run("get", "ippool", "-o", "bogus")
+    assert exc.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "-o/--output" in err and "bogus" in err
