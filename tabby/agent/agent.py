@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import shutil
 import threading
@@ -39,7 +38,15 @@ from typing import Any
 from tabby.agent import report
 from tabby.agent.logs import ctx
 from tabby.agent.metrics import AgentMetrics
-from tabby.agent.node import NodeRegistrar, NodeState, Underlay, detect_underlay, tunnel_from_node
+from tabby.agent.node import (
+    NodeRegistrar,
+    NodeState,
+    Underlay,
+    detect_underlay,
+    named_netns,
+    node_ipv4,
+    tunnel_from_node,
+)
 from tabby.datastore import Datastore, DatastoreError, open_datastore
 from tabby.datastore.syncer import InSync, OutOfSync, Syncer, SyncItem, Update
 
@@ -71,6 +78,9 @@ class AgentConfig:
     bgp: bool | None = None  # None: on when BIRD is installed
     run_dir: str | None = None
     typha: str | None = None
+    typha_fallback: float | None = None  # follow the datastore directly after this long
+    typha_ssl_context: Any = None  # ssl.SSLContext (tabby.typha.client_context)
+    typha_identity: Any = None  # tabby.typha.PeerIdentity the server must have
     as_number: int | None = None
     ipip: str = "auto"  # auto | kernel | bpf | off
     allow_host_netns: bool = False
@@ -102,24 +112,6 @@ class DataplaneState:
         return fn() if fn is not None else None
 
 
-def named_netns() -> str | None:
-    """The `ip netns` name of the namespace this process is in, or None when it is in no
-    named namespace (the host's own, typically). Fails closed: None when unsure."""
-    try:
-        me = os.stat("/proc/self/ns/net")
-        entries = list(os.scandir("/run/netns"))
-    except OSError:
-        return None
-    for entry in entries:
-        try:
-            st = os.stat(entry.path)
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) == (me.st_dev, me.st_ino):
-            return entry.name
-    return None
-
-
 class Agent:
     def __init__(self, cfg: AgentConfig, *,
                  datastore_factory: Callable[[], Datastore] | None = None) -> None:
@@ -145,7 +137,10 @@ class Agent:
         self.revision = 0  # last datastore revision handed to the calc graph
         self.applied_revision = 0  # the revision the kernel fully reflects
         self._unapplied_since: float | None = None  # receipt time of the oldest unapplied update
-        self._node_ips: dict[str, str] = {}
+        self._node_ips: dict[str, str] = {}  # node -> underlay IPv4 (IPIP allowed senders)
+        self._peers_dirty = False
+        self._ipip: Any = None  # the IP-in-IP dataplane, made before registration
+        self._annotations: dict[str, str | None] = {}  # Node annotations we manage
         self._registrar_wake = threading.Event()
         self._registrar: threading.Thread | None = None
         self._servers: list[Any] = []
@@ -189,6 +184,9 @@ class Agent:
                                        mtu=self.underlay.mtu))
         self._servers = report.start_servers(self)
         try:
+            # IPIP first: registration announces who programs IPIP routes (an annotation
+            # BGP reads). Building it reads files only; nothing touches the kernel yet.
+            self._ipip = self._make_ipip()
             if not self._register_first():
                 return 0
             self._build_dataplanes()
@@ -249,7 +247,8 @@ class Agent:
         ds = self._factory()
         try:
             return NodeRegistrar(ds, self.cfg.node_name, self.underlay,
-                                 as_number=self.cfg.as_number).reconcile()
+                                 as_number=self.cfg.as_number,
+                                 annotations=self._annotations).reconcile()
         finally:
             ds.close()
 
@@ -281,34 +280,43 @@ class Agent:
 
         assert self.underlay is not None and self.node is not None
         ul = self.underlay
-        ipip = self._make_ipip()
+        ipip = self._ipip
         routes = RouteDataplane(
             self.cfg.node_name, underlay_if=ul.ifname, underlay_ip=ul.ip,
             underlay_mtu=ul.mtu, program_unencapsulated=not self._bgp_wanted(),
-            ipip_handled=ipip is not None, ipip_reason=self.ipip_error)
+            ipip_handled=ipip is not None, ipip_reason=self.ipip_error,
+            yield_protos=(ipip.route_protocol,) if ipip is not None else ())
         routes.set_local_vtep(self.node.tunnel_ip, self.node.mac)
-        # Policy first: a new workload's rules exist before its route does.
-        self.dataplanes = [DataplaneState("nft", NftDataplane()), DataplaneState("routes", routes)]
+        # Policy first: a new workload's rules exist before its route does. IPIP before
+        # routes: when a pool's encapsulation changes, a destination moves between the
+        # two drivers, and the IPIP driver replaces a plain route in place and deletes
+        # its own by protocol, so the handover never meets a route of the other driver.
+        self.dataplanes = [DataplaneState("nft", NftDataplane())]
         if ipip is not None:
             self.dataplanes.append(DataplaneState("ipip", ipip))
+        self.dataplanes.append(DataplaneState("routes", routes))
         self.calc = CalcGraph(self.cfg.node_name, self._emit)
 
     def _make_ipip(self) -> Any:
-        if self.cfg.ipip == "off":
-            self.ipip_error = "IPIP is turned off (--ipip off)"
-            return None
         try:
-            from tabby.dataplane.ipip import IpipDataplane, IpipError
+            from tabby.dataplane.ipip import ANNOTATION, IpipDataplane, IpipError
         except ImportError as exc:
             self.ipip_error = f"no IPIP dataplane in this build ({exc})"
             return None
+        # Without our IPIP dataplane, BIRD programs IPIP routes (via tunl0, as Calico).
+        self._annotations = {ANNOTATION: None}
+        if self.cfg.ipip == "off":
+            self.ipip_error = "IPIP is turned off (--ipip off)"
+            return None
         assert self.underlay is not None
         try:
-            return IpipDataplane(None, self.underlay.ifname, self.underlay.ip, self.cfg.ipip)
+            dp = IpipDataplane(None, self.underlay.ifname, self.underlay.ip, self.cfg.ipip)
         except IpipError as exc:
             self.ipip_error = str(exc)
             log.info("IPIP unavailable", extra=ctx(reason=self.ipip_error))
             return None
+        self._annotations = dict(dp.annotations())
+        return dp
 
     def _bgp_wanted(self) -> bool:
         if self.cfg.bgp is None:
@@ -332,10 +340,15 @@ class Agent:
         def sink(item: SyncItem) -> None:
             self._q.put((time.monotonic(), item))
 
-        if self.cfg.typha:
+        cfg = self.cfg
+        if cfg.typha:
             from tabby.typha.client import TyphaClient
 
-            self.syncer = TyphaClient(self.cfg.typha, sink, client_name=self.cfg.node_name)
+            fallback: dict[str, Any] = {} if cfg.typha_fallback is None else {
+                "fallback": self._factory, "fallback_after": cfg.typha_fallback}
+            self.syncer = TyphaClient(cfg.typha, sink, client_name=cfg.node_name,
+                                      ssl_context=cfg.typha_ssl_context,
+                                      server_identity=cfg.typha_identity, **fallback)
         else:
             self.syncer = Syncer(self._factory, sink)
         self.syncer.start()
@@ -433,21 +446,31 @@ class Agent:
                     setter(tunnel_ip, mac)
             if value is None or self._registration_drifted(value):
                 self._registrar_wake.set()  # someone removed or changed our Node: fix it
-        spec = (value or {}).get("spec") or {}
-        addr = ((spec.get("bgp") or {}).get("ipv4Address") or "").split("/")[0]
-        if addr:
-            self._node_ips[name] = addr
-        else:
-            self._node_ips.pop(name, None)
+        addr = node_ipv4(value)
+        if self._node_ips.get(name) != addr:
+            if addr is None:
+                self._node_ips.pop(name, None)
+            else:
+                self._node_ips[name] = addr
+            self._peers_dirty = True  # handed over once per batch, in _apply
+
+    def _update_peers(self) -> None:
+        """Every Node's underlay address may send us IP-in-IP (a node without blocks, or
+        whose blocks we have no route for yet, still reaches our workloads)."""
+        self._peers_dirty = False
+        peers = sorted(set(self._node_ips.values()))
         for dp in self.dataplanes:
             set_peers = getattr(dp.driver, "set_peers", None)
             if set_peers is not None:
-                set_peers(sorted(set(self._node_ips.values())))
+                set_peers(peers)
 
     def _registration_drifted(self, value: dict[str, Any]) -> bool:
         ul = self.underlay
         spec = value.get("spec") or {}
         if ul is None or (spec.get("bgp") or {}).get("ipv4Address") != ul.cidr:
+            return True
+        notes = (value.get("metadata") or {}).get("annotations") or {}
+        if any(notes.get(k) != v for k, v in self._annotations.items()):
             return True
         node = self.node
         return node is not None and node.tunnel_ip is not None and \
@@ -469,6 +492,8 @@ class Agent:
     def _apply(self) -> None:
         if not self.synced_once:
             return
+        if self._peers_dirty:
+            self._update_peers()
         now = time.monotonic()
         for dp in self.dataplanes:
             if now < dp.retry_at:

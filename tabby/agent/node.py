@@ -1,13 +1,14 @@
 """This host as the cluster sees it: its underlay address and its Node resource.
 
     underlay = detect_underlay()                   # the default route's interface, or --underlay-if
-    reg = NodeRegistrar(ds, "n1", underlay, as_number=None)
+    reg = NodeRegistrar(ds, "n1", underlay, as_number=None, annotations={"k": "v"})
     state = reg.reconcile()                        # idempotent: call again whenever pools change
 
 `reconcile()` makes the Node resource say what this host is: `spec.addresses`
 (CalicoNodeIP with its prefix length, InternalIP), `spec.bgp.ipv4Address` (address/prefix,
-which is also how other nodes decide CrossSubnet), `spec.bgp.asNumber` when given, and -
-while a VXLAN pool that allows tunnel addresses selects this node - a VXLAN tunnel address
+which is also how other nodes decide CrossSubnet), `spec.bgp.asNumber` when given, the
+annotations the agent manages (`tabby.dev/ipip-implementation` while its IP-in-IP
+dataplane programs IPIP routes), and - while a VXLAN pool that allows tunnel addresses selects this node - a VXLAN tunnel address
 (`spec.ipv4VXLANTunnelAddr`, allocated from IPAM with handle `vxlan-tunnel-addr-<node>`,
 as Calico does) and a VTEP MAC (`spec.vxlanTunnelMACAddr`). The MAC, unless one is already
 set, is derived from the node name, so it survives restarts and re-registration. With no
@@ -22,6 +23,8 @@ import hashlib
 import ipaddress
 import json
 import logging
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,12 +111,16 @@ class NodeState:
 
 class NodeRegistrar:
     def __init__(self, ds: Datastore, node_name: str, underlay: Underlay, *,
-                 as_number: int | None = None) -> None:
+                 as_number: int | None = None,
+                 annotations: Mapping[str, str | None] | None = None) -> None:
         self.ds = ds
         self.client = ResourceClient(ds)
         self.node_name = node_name
         self.underlay = underlay
         self.as_number = as_number
+        # Annotations this agent manages: set to the value, or removed where it is None
+        # (e.g. tabby.dev/ipip-implementation, which tells BGP who programs IPIP routes).
+        self.annotations = dict(annotations or {})
         self.handle = TUNNEL_HANDLE_PREFIX + node_name
 
     # -- VXLAN tunnel address ----------------------------------------------------------------
@@ -172,6 +179,18 @@ class NodeRegistrar:
 
     def _desired(self, doc: dict[str, Any]) -> dict[str, Any]:
         doc = json.loads(json.dumps(doc))  # a deep copy we may change
+        meta = doc.setdefault("metadata", {})
+        if self.annotations:
+            notes = dict(meta.get("annotations") or {})
+            for key, value in self.annotations.items():
+                if value is None:
+                    notes.pop(key, None)
+                else:
+                    notes[key] = value
+            if notes:
+                meta["annotations"] = notes
+            else:
+                meta.pop("annotations", None)
         spec = doc.setdefault("spec", {})
         ul = self.underlay
         others = [a for a in spec.get("addresses") or []
@@ -238,3 +257,32 @@ def tunnel_from_node(doc: dict[str, Any] | None) -> tuple[str | None, str | None
     spec = (doc or {}).get("spec") or {}
     mac = spec.get("vxlanTunnelMACAddr")
     return spec.get("ipv4VXLANTunnelAddr"), (mac.lower() if mac else None)
+
+
+def node_ipv4(doc: dict[str, Any] | None) -> str | None:
+    """A Node's underlay IPv4 address (`spec.bgp.ipv4Address` without its prefix), or None
+    when it has none or it is not a valid IPv4 address."""
+    spec = (doc or {}).get("spec") or {}
+    text = str((spec.get("bgp") or {}).get("ipv4Address") or "").split("/")[0]
+    try:
+        return str(ipaddress.IPv4Address(text)) if text else None
+    except ValueError:
+        return None
+
+
+def named_netns() -> str | None:
+    """The `ip netns` name of the namespace this process is in, or None when it is in no
+    named namespace (the host's own, typically). Fails closed: None when unsure."""
+    try:
+        me = os.stat("/proc/self/ns/net")
+        entries = list(os.scandir("/run/netns"))
+    except OSError:
+        return None
+    for entry in entries:
+        try:
+            st = os.stat(entry.path)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (me.st_dev, me.st_ino):
+            return entry.name
+    return None

@@ -113,6 +113,9 @@ def dataplane_status(dp: DataplaneState) -> dict[str, Any]:
         s = status()
         out["implementation"] = s.implementation
         out["problems"] = {str(i): e for i, e in enumerate(s.errors)}
+        out["stats"] = {"active": s.active, "routes": s.routes, "encap_routes": s.encap_routes,
+                        "nodes": s.nodes, "program_ids": s.program_ids, "map_ids": s.map_ids,
+                        "counters": s.counters}
     return out
 
 

@@ -288,6 +288,13 @@ class BirdProcess:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
+    def detach(self) -> None:
+        """Let go of BIRD without stopping it: it keeps routing (its own process session)
+        and the next BirdProcess on this run directory adopts it through the pid file."""
+        self._popen = None
+        self._adopted = None
+        self._close_log()
+
     def stop_stale(self) -> None:
         """End a BIRD left by a previous agent that does not answer on its socket (its pid
         file names it, and it is a bird process using our socket); nothing else is touched."""

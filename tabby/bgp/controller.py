@@ -9,6 +9,7 @@ The node agent owns one controller and feeds it what its syncer delivers:
     ... ctl.on_update(key, value) for every later change ...
     ctl.status()                                # BgpStatus (sessions + issues)
     ctl.stop()                                  # `birdc down`: routes withdrawn
+    ctl.detach()                                # or: leave BIRD running for the next agent
 
 `on_update` is cheap and thread-safe: it updates the inputs and wakes the worker, which
 waits `debounce` seconds for the rest of a burst, renders, and when the text changed checks
@@ -136,6 +137,20 @@ class BgpController:
             self._thread = None
         self.bird.stop(withdraw=withdraw)
         self._write_status()
+
+    def detach(self, timeout: float = 10.0) -> None:
+        """Stop the worker but leave BIRD running with its configuration, sessions and
+        kernel routes (an agent exiting for a restart or upgrade); the next controller on
+        this run directory adopts it through the pid file."""
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self._write_status()
+        detach = getattr(self.bird, "detach", None)
+        if detach is not None:
+            detach()
 
     def wait_applied(self, timeout: float = 10.0) -> bool:
         """Block until every update received so far is rendered and applied (tests, bench)."""

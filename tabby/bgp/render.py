@@ -17,8 +17,10 @@ What the configuration does, per IP family (see docs/design/bgp.md for the reaso
 * `tabby_kernel4`: learns the kernel's routes (underlay routes resolve iBGP next hops;
   workload routes on cali* interfaces in a pool are the borrowed addresses to announce) and
   installs only what BGP learned, plus our blackholes. VXLAN pools are left to the agent;
-  IPIP pools go `onlink` via tunl0 (CrossSubnet: only towards other subnets). BIRD marks its
-  kernel routes `proto bird` (12), it cannot use Tabby's own protocol number.
+  IPIP pools go `onlink` via tunl0 (CrossSubnet: only towards other subnets), unless the
+  node's agent programs IP-in-IP itself (its Node carries the annotation
+  `tabby.dev/ipip-implementation: kernel|bpf`): then they are left to the agent as well.
+  BIRD marks its kernel routes `proto bird` (12), it cannot use Tabby's own protocol number.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ from tabby.resources import BGPConfiguration, IPPool
 
 WORKLOAD_IFACES = "cali*"  # host-side workload veths (tabby/cni/constants.py HOST_VETH_PREFIX)
 IPIP_DEVICE = "tunl0"
+# The agent's IP-in-IP dataplane puts this on its Node (tabby.dataplane.ipip.ANNOTATION;
+# not imported: that package loads pyroute2 and libbpf, the renderer needs neither).
+AGENT_IPIP_ANNOTATION = "tabby.dev/ipip-implementation"
+AGENT_IPIP_IMPLEMENTATIONS = ("kernel", "bpf")
 # Never learn or announce these: kube-proxy's IPVS dummy holds every cluster IP.
 DIRECT_EXCLUDED = ("cali*", "kube-ipvs*")
 EXCLUDE_LB_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
@@ -111,6 +117,7 @@ class _Family:
     services: list[str]
     communities: list[tuple[str, list[tuple[int, ...]]]]  # (cidr, [community parts])
     my_subnet: str | None
+    agent_ipip: str | None = None  # the agent programs IPIP routes ("kernel" | "bpf")
 
     @property
     def v(self) -> str:
@@ -119,6 +126,16 @@ class _Family:
     @property
     def channel(self) -> str:
         return f"ipv{self.version}"
+
+
+def agent_ipip(inputs: BgpInputs, node_name: str) -> str | None:
+    """How the node's agent does IP-in-IP when it programs the routes itself (its Node's
+    `tabby.dev/ipip-implementation` annotation), else None (BIRD installs them via tunl0,
+    as Calico does)."""
+    node = inputs.nodes.get(node_name)
+    value = ((node.metadata.annotations or {}) if node is not None else {}).get(
+        AGENT_IPIP_ANNOTATION)
+    return value if value in AGENT_IPIP_IMPLEMENTATIONS else None
 
 
 def _communities(
@@ -181,6 +198,7 @@ def render(inputs: BgpInputs, node_name: str, secrets: SecretLookup | None = Non
             str(ipaddress.ip_interface(cidr).network)
             if me and (cidr := (me.ipv4_cidr if v == 4 else me.ipv6_cidr))
             else None,
+            agent_ipip(inputs, node_name),
         )
         for v in (4, 6)
     ]
@@ -304,6 +322,9 @@ def _render_family(w: _Writer, fam: _Family) -> None:
         name = pool.metadata.name
         if spec.vxlanMode != "Never":
             w(f"if net ~ {spec.cidr} then reject;  # {name}: VXLAN, the agent programs it", 1)
+        elif spec.ipipMode != "Never" and fam.version == 4 and fam.agent_ipip:
+            w(f"if net ~ {spec.cidr} then reject;  # {name}: IPIP {spec.ipipMode}, the agent "
+              f"programs it ({fam.agent_ipip})", 1)
         elif spec.ipipMode != "Never" and fam.version == 4:
             w(f"if net ~ {spec.cidr} then {{  # {name}: IPIP {spec.ipipMode}", 1)
             w("# Needs the kernel's ipip module (tunl0); without it BIRD cannot install", 2)

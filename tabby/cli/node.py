@@ -44,6 +44,60 @@ def _as_number(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}") from None
+    if not 0 < value < 1e6:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"{text!r} seconds: must be more than 0")
+    return value
+
+
+TYPHA_TLS_FLAGS = ("--typha-cert", "--typha-key", "--typha-ca", "--typha-cn",
+                   "--typha-uri-san")
+
+
+def typha_options(args: argparse.Namespace) -> dict[str, Any]:
+    """--typha and its options, checked before the agent starts: AgentConfig fields, or a
+    CLIError naming the flag (Felix's rule: TLS needs cert, key and CA, and a CN or URI SAN
+    to check Typha's identity against)."""
+    tls: dict[str, str] = {flag: getattr(args, flag[2:].replace("-", "_"), None) or ""
+                           for flag in TYPHA_TLS_FLAGS}
+    if not args.typha:
+        given = [flag for flag, value in tls.items() if value]
+        if args.typha_fallback is not None:
+            given.insert(0, "--typha-fallback")
+        if given:
+            raise CLIError(f"{given[0]}: only meaningful with --typha")
+        return {}
+    from tabby.typha import PeerIdentity, client_context, parse_addresses
+    from tabby.typha.tls import TLSConfigError
+
+    try:
+        parse_addresses(args.typha)
+    except ValueError as exc:
+        raise CLIError(str(exc) if str(exc).startswith("--typha") else f"--typha: {exc}") \
+            from None
+    out: dict[str, Any] = {"typha": args.typha, "typha_fallback": args.typha_fallback}
+    if not any(tls.values()):
+        return out
+    files = ("--typha-cert", "--typha-key", "--typha-ca")
+    missing = [flag for flag in files if not tls[flag]]
+    if missing:
+        raise CLIError(f"{missing[0]}: Typha TLS needs {', '.join(files)} together")
+    identity = PeerIdentity(tls["--typha-cn"] or None, tls["--typha-uri-san"] or None)
+    if not identity.configured:
+        raise CLIError("--typha-cn: Typha TLS needs --typha-cn or --typha-uri-san (which "
+                       "server to trust)")
+    try:
+        ctx = client_context(tls["--typha-cert"], tls["--typha-key"], tls["--typha-ca"])
+    except TLSConfigError as exc:  # its text names the shared --tls-* spelling
+        raise CLIError(str(exc).replace("--tls-", "--typha-")) from None
+    out.update(typha_ssl_context=ctx, typha_identity=identity)
+    return out
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     node = sub.add_parser("node", help="the per-host agent and its status")
     node_sub = node.add_subparsers(dest="node_command", metavar="SUBCOMMAND")
@@ -71,6 +125,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run.add_argument("--run-dir", help="BIRD's files (default /run/tabby/<node>)")
     run.add_argument("--typha", metavar="HOST:PORT[,...]",
                      help="follow the datastore through Typha instead of directly")
+    typha = run.add_argument_group(
+        "Typha", "fallback, and TLS (cert, key and CA together, plus a CN or URI SAN)")
+    typha.add_argument("--typha-fallback", type=_seconds, metavar="SECONDS",
+                       help="with no Typha for this long, follow the datastore directly "
+                            "(and keep trying Typha); default: never")
+    typha.add_argument("--typha-cert", metavar="PEM", help="this agent's client certificate")
+    typha.add_argument("--typha-key", metavar="PEM", help="its private key")
+    typha.add_argument("--typha-ca", metavar="PEM", help="CA that signs Typha's certificate")
+    typha.add_argument("--typha-cn", metavar="CN",
+                       help="Common Name Typha's certificate must have")
+    typha.add_argument("--typha-uri-san", metavar="URI",
+                       help="URI SAN Typha's certificate must have (either this or the CN)")
     run.add_argument("--as-number", type=_as_number, metavar="ASN",
                      help="this node's AS number (spec.bgp.asNumber; default: the cluster's)")
     run.add_argument("--ipip", choices=IPIP_CHOICES, default="auto",
@@ -121,13 +187,15 @@ def run_agent(args: argparse.Namespace) -> int:
         parse_url(url)
     except ValueError as exc:
         raise CLIError(f"--datastore: {exc}") from None
+    typha = typha_options(args)
     setup_logging(args.log_level, node=name)
     cfg = AgentConfig(
         node_name=name, datastore_url=url, health_host=args.health_host,
         health_port=args.health_port, metrics_host=args.metrics_host,
         metrics_port=args.metrics_port, underlay_if=args.underlay_if, bgp=args.bgp,
-        run_dir=args.run_dir, typha=args.typha, as_number=args.as_number, ipip=args.ipip,
+        run_dir=args.run_dir, as_number=args.as_number, ipip=args.ipip,
         allow_host_netns=args.allow_host_netns, stop_bgp_on_exit=args.stop_bgp_on_exit,
+        **typha,
     )
     agent = Agent(cfg)
 

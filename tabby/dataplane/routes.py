@@ -26,7 +26,8 @@ route never points at a missing VTEP. "Actual" is the kernel as read at the firs
 (and at every refresh, and after any failure), kept up to date by our own writes in
 between. Stale Tabby routes on workload interfaces are removed only after a grace period:
 the CNI plugin creates a workload's route a moment before it writes the endpoint. A route
-whose interface does not exist yet is deferred (retried), not an error.
+whose interface does not exist yet is deferred (retried), not an error; so is one whose
+destination still holds another Tabby driver's route (`yield_protos`: IPIP's, mid-handover).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import ipaddress
 import logging
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,6 +122,7 @@ class RouteDataplane:
         grace: float = GRACE,
         refresh: float = REFRESH,
         proto: int = ROUTE_PROTO,
+        yield_protos: Collection[int] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         ipaddress.IPv4Address(underlay_ip)
@@ -137,6 +139,10 @@ class RouteDataplane:
         self.grace = grace
         self.refresh = refresh
         self.proto = proto
+        # Route protocols of Tabby's other drivers (IPIP: 81). Their route on one of our
+        # destinations is a handover in progress (a pool's encapsulation changed), not a
+        # conflict: retried with the deferred routes instead of at the next refresh.
+        self.yield_protos = frozenset(yield_protos)
         self.clock = clock
         # Desired state, from messages.
         self.routes: dict[str, m.RouteUpdate] = {}
@@ -555,6 +561,9 @@ class RouteDataplane:
             # Someone else's route for the same destination (BIRD's, an operator's):
             # leave it, and say so.
             owner = self._owner(ipr, want.dst)
+            if owner in self.yield_protos:
+                self._deferred[want.dst] = f"waiting for the proto {owner} route to go"
+                return
             if owner != self.proto:
                 self._conflicts[want.dst] = f"another route (proto {owner}) has this destination"
                 return

@@ -412,11 +412,22 @@ class Topology:
         self.add_route(target, cidr, type="blackhole")
 
     def del_route(self, target: Target, cidr: str) -> None:
+        """Delete the route to `cidr` (any type or scope) from `target`'s main table."""
         ns = self.netns_of(target)
-        net = ipaddress.ip_network(cidr, strict=False)
+        try:
+            net = ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ValueError(f"cidr: invalid destination {cidr!r}") from None
         with nsops.ipr(ns) as ipr:
-            for route in ipr.route("dump", dst=str(net), dst_len=net.prefixlen):
-                ipr.route("del", dst=str(net), type=route["type"], table=route.get("table", 254))
+            for route in ipr.route("dump", family=2 if net.version == 4 else 10):
+                table = route.get_attr("RTA_TABLE") or route["table"]
+                dst = route.get_attr("RTA_DST") or ("0.0.0.0" if net.version == 4 else "::")
+                if table != 254 or route["dst_len"] != net.prefixlen or \
+                        dst != str(net.network_address):
+                    continue
+                # Scope 255 ("nowhere", as `ip route del` sends) matches any scope; the
+                # pyroute2 default (universe) never matches a scope-link route.
+                ipr.route("del", dst=str(net), type=route["type"], table=table, scope=255)
                 return
         raise nsops.NetnsError(f"route {cidr}: not found in {ns}")
 

@@ -287,3 +287,36 @@ def test_foreign_route_is_left_alone(cluster: Callable[..., Cluster]) -> None:
     assert "another route" in res.problems[f"route {block_of(2)}"]
     out = netns.run(ns, ["ip", "route", "show", block_of(2)]).stdout
     assert "proto bird" in out
+
+
+def test_ipip_route_on_our_destination_is_a_handover(cluster: Callable[..., Cluster]) -> None:
+    """A proto-81 route (the IPIP driver's) where we want a plain one: the pool left
+    IP-in-IP and the IPIP driver has not removed its route yet. Retried at the next apply
+    (deferred), not parked as a conflict until the periodic refresh."""
+    c = cluster(2, mode="CrossSubnet")
+    ns, peer = c.nodes[1].netns, c.nodes[2].ip
+    netns.run(ns, ["ip", "route", "add", block_of(2), "via", peer, "proto", "81"])
+    now = [1000.0]
+    dp = c.driver(1, yield_protos=(81,), clock=lambda: now[0])
+    for msg in c.messages(1):
+        dp.on_update(msg)
+    dp.on_update(m.InSync())
+    res = dp.apply()
+    assert "proto 81" in res.problems[f"route {block_of(2)}"]
+    assert block_of(2) in res.deferred and block_of(2) not in tabby_routes(ns)
+    wake = dp.wake_at()
+    assert wake is not None and wake <= now[0] + 1.0
+    netns.run(ns, ["ip", "route", "del", block_of(2), "proto", "81"])  # the IPIP driver's turn
+    now[0] = wake
+    res = dp.apply()
+    assert res.problems == {} and res.deferred == []
+    assert tabby_routes(ns)[block_of(2)]["gateway"] == peer
+    # Without yield_protos (someone else's protocol), the same route is a lasting conflict.
+    netns.run(ns, ["ip", "route", "replace", block_of(2), "via", peer, "proto", "81"])
+    other = c.driver(1)
+    for msg in c.messages(1):
+        other.on_update(msg)
+    other.on_update(m.InSync())
+    assert "another route (proto 81)" in other.apply().problems[f"route {block_of(2)}"]
+    other.close()
+    dp.close()

@@ -185,6 +185,23 @@ def test_host_routes_between_nodes(topology) -> None:
         topo.del_route(a, f"{wb.ip}/32")
 
 
+def test_del_route_any_scope_and_type(topology) -> None:
+    topo = topology()
+    a = topo.add_node("a")
+    wa = topo.add_workload(a, "wa", "10.65.0.1")  # its host route is scope link
+    topo.add_route(a, "10.99.0.0/24", dev=a.underlay_if)  # scope link too
+    topo.add_route(a, "10.98.0.0/24", via=a.gateway)
+    topo.add_blackhole(a, "10.97.0.0/24")
+    for cidr in (f"{wa.ip}/32", "10.99.0.0/24", "10.98.0.0/24", "10.97.0.0/24"):
+        topo.del_route(a, cidr)
+    left = _routes(a.netns)
+    assert not [r for r in left if r.split()[0] in (wa.ip, "10.99.0.0/24", "10.98.0.0/24")]
+    assert not [r for r in left if r.startswith("blackhole")]
+    assert any(r.startswith("default via") for r in left)  # only what was asked for went
+    with pytest.raises(ValueError, match="cidr: invalid destination 'nope'"):
+        topo.del_route(a, "nope")
+
+
 def test_two_subnets_route_via_router(topology) -> None:
     topo = topology(subnets=2)
     a, b, c = topo.add_node("a"), topo.add_node("b"), topo.add_node("c", subnet=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,6 +67,9 @@ class FakeBird:
     def stop(self, withdraw: bool = True) -> None:
         self.calls.append(f"stop(withdraw={withdraw})")
         self.running = False
+
+    def detach(self) -> None:
+        self.calls.append("detach")
 
     def alive(self) -> bool:
         return self.running
@@ -185,6 +189,39 @@ def test_stop_withdraws_and_writes_status(ctl: tuple[BgpController, FakeBird]) -
     status = json.loads((controller.run_dir / STATUS_FILE).read_text())
     assert status["issues"][0]["source"] == 'BGPPeer "bad"'
     assert status["bird_pid"] is None
+
+
+def test_detach_leaves_bird_running(ctl: tuple[BgpController, FakeBird]) -> None:
+    controller, bird = ctl
+    feed(controller, NODE1, NODE2, POOL)
+    controller.on_in_sync()
+    controller.start()
+    assert controller.wait_applied(5)
+    controller.detach()
+    assert controller._thread is None  # the worker is gone...
+    assert bird.running and bird.calls[-1] == "detach"  # ...BIRD is not stopped
+    assert not any(c.startswith("stop") for c in bird.calls)
+    status = json.loads((controller.run_dir / STATUS_FILE).read_text())
+    assert status["bird_pid"] == 4242  # status still names the BIRD that keeps routing
+    # No more supervision: a BIRD that dies now is the next agent's to restart.
+    bird.running = False
+    time.sleep(0.2)
+    assert bird.starts == 1
+
+
+def test_bird_process_detach_keeps_the_child(tmp_path: Path) -> None:
+    bird = BirdProcess(tmp_path)
+    child = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        bird._popen = child  # stands in for a started BIRD (no root, no namespace here)
+        bird._log = open(tmp_path / "bird.log", "ab")
+        assert bird.alive()
+        bird.detach()
+        assert not bird.alive() and bird.pid is None and bird._log is None
+        assert child.poll() is None  # still running
+    finally:
+        child.kill()
+        child.wait(5)
 
 
 def test_status_without_bird_lists_issues(ctl: tuple[BgpController, FakeBird]) -> None:

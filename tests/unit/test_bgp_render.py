@@ -17,16 +17,19 @@ import pytest
 
 from tabby.bgp.bird import check_config
 from tabby.bgp.inputs import BgpInputs
-from tabby.bgp.render import render, router_id
+from tabby.bgp.render import AGENT_IPIP_ANNOTATION, render, router_id
 
 GOLDEN = Path(__file__).parent / "golden" / "bgp"
 UPDATE = os.environ.get("TABBY_UPDATE_GOLDEN") == "1"
 
 
-def res(kind: str, name: str, spec: dict[str, Any], labels: dict[str, str] | None = None) -> dict:
+def res(kind: str, name: str, spec: dict[str, Any], labels: dict[str, str] | None = None,
+        annotations: dict[str, str] | None = None) -> dict:
     meta: dict[str, Any] = {"name": name}
     if labels:
         meta["labels"] = labels
+    if annotations:
+        meta["annotations"] = annotations
     return {"apiVersion": "projectcalico.org/v3", "kind": kind, "metadata": meta, "spec": spec}
 
 
@@ -44,9 +47,9 @@ class Builder:
         return self
 
     def node(self, name: str, ip: str | None, labels: dict[str, str] | None = None,
-             **bgp: Any) -> Builder:
+             annotations: dict[str, str] | None = None, **bgp: Any) -> Builder:
         spec = {"bgp": {**({"ipv4Address": ip} if ip else {}), **bgp}} if (ip or bgp) else {}
-        return self.add("Node", name, spec, labels=labels)
+        return self.add("Node", name, spec, labels=labels, annotations=annotations)
 
     def pool(self, name: str, cidr: str, **spec: Any) -> Builder:
         return self.add("IPPool", name, {"cidr": cidr, **spec})
@@ -151,6 +154,27 @@ def pools_and_services() -> tuple[BgpInputs, str]:
     return b.inputs, "n1"
 
 
+def ipip_pools(annotations: dict[str, str] | None) -> Builder:
+    return (
+        Builder()
+        .node("n1", "172.31.0.10/24", annotations=annotations)
+        .node("n2", "172.31.0.11/24")
+        .node("n3", "172.31.1.10/24")
+        .pool("ipip-always", "10.66.0.0/16", ipipMode="Always")
+        .pool("ipip-cross", "10.67.0.0/16", ipipMode="CrossSubnet")
+        .pool("vxlan", "10.68.0.0/16", vxlanMode="Always")
+        .pool("plain", "10.69.0.0/16")
+        .block("n1", "10.66.0.0/26")
+        .block("n1", "10.67.0.0/26")
+    )
+
+
+def agent_ipip() -> tuple[BgpInputs, str]:
+    """The agent programs IP-in-IP with BPF (no tunl0): BIRD keeps IPIP pools out of the
+    kernel as it does VXLAN pools, and still announces the blocks."""
+    return ipip_pools({AGENT_IPIP_ANNOTATION: "bpf"}).inputs, "n1"
+
+
 def invalid_things() -> tuple[BgpInputs, str]:
     b = three_nodes()
     b.inputs.apply("/tabby/v3/bgppeers/broken", res("BGPPeer", "broken",
@@ -179,6 +203,7 @@ SCENARIOS: dict[str, Callable[[], tuple[BgpInputs, str]]] = {
     "rr_client": rr_client,
     "external_peers": external_peers,
     "pools_and_services": pools_and_services,
+    "agent_ipip": agent_ipip,
     "invalid_things": invalid_things,
     "unknown_node": unknown_node,
 }
@@ -322,3 +347,47 @@ def test_exclude_from_external_load_balancers_label() -> None:
            labels={"node.kubernetes.io/exclude-from-external-load-balancers": "true"})
     text = render(b.inputs, "n1").config
     assert "198.51.100.0/24" not in text and "10.96.0.0/12" in text
+
+
+def _kernel_export(config: str) -> str:
+    start = config.index("filter tabby_kernel_export4 {")
+    return config[start:config.index("\n}", start)]
+
+
+@pytest.mark.parametrize(("annotations", "agent"), [
+    (None, False),
+    ({AGENT_IPIP_ANNOTATION: "bpf"}, True),
+    ({AGENT_IPIP_ANNOTATION: "kernel"}, True),  # the agent's tunl0 routes, not BIRD's
+    ({AGENT_IPIP_ANNOTATION: "off"}, False),  # not a value the agent writes: Calico's way
+    ({"other": "bpf"}, False),
+])
+def test_ipip_routes_belong_to_the_agent_when_it_says_so(
+        annotations: dict[str, str] | None, agent: bool) -> None:
+    b = ipip_pools(annotations)
+    r = render(b.inputs, "n1")
+    export = _kernel_export(r.config)
+    assert ("tunl0" in export) is not agent
+    for cidr in ("10.66.0.0/16", "10.67.0.0/16", "10.68.0.0/16"):  # vxlan: always the agent's
+        rejected = f"if net ~ {cidr} then reject;" in export
+        assert rejected is (agent or cidr == "10.68.0.0/16"), cidr
+    assert "10.69.0.0/16" not in export  # plain pool: BGP's routes go to the kernel
+    # Announcing is unchanged: BGP peers still learn our blocks either way.
+    assert r.blocks == ["10.66.0.0/26", "10.67.0.0/26"]
+    assert "if net = 10.66.0.0/26 then accept;" in r.config
+    # Other nodes' configurations do not depend on n1's annotation.
+    assert render(b.inputs, "n2").config == render(ipip_pools(None).inputs, "n2").config
+
+
+def test_annotation_change_is_an_input_change() -> None:
+    b = ipip_pools(None)
+    key = "/tabby/v3/nodes/n1"
+    doc = res("Node", "n1", {"bgp": {"ipv4Address": "172.31.0.10/24"}},
+              annotations={AGENT_IPIP_ANNOTATION: "bpf"})
+    assert b.inputs.apply(key, doc)  # the controller re-renders when the agent annotates
+    assert "tunl0" not in _kernel_export(render(b.inputs, "n1").config)
+
+
+def test_annotation_is_the_one_the_ipip_dataplane_writes() -> None:
+    from tabby.dataplane.ipip import ANNOTATION
+
+    assert AGENT_IPIP_ANNOTATION == ANNOTATION
