@@ -91,6 +91,15 @@ def _common_prefix(prefixes: Iterable[str]) -> str:
     return os.path.commonprefix(list(prefixes))
 
 
+def sink_delivery(sink: Sink) -> Callable[[SyncItem], None]:
+    """The function that hands one item to `sink` (a callable, or a queue.Queue's put)."""
+    if isinstance(sink, queue.Queue):
+        return sink.put
+    if callable(sink):
+        return sink
+    raise TypeError(f"sink: expected a callable or a queue.Queue, got {sink!r}")
+
+
 class _Stopped(Exception):
     pass
 
@@ -123,12 +132,7 @@ class Syncer:
             self._factory: Callable[[], Datastore] | None = None
         else:
             self._ds, self._factory = None, datastore
-        if isinstance(sink, queue.Queue):
-            self._deliver: Callable[[SyncItem], None] = sink.put
-        elif callable(sink):
-            self._deliver = sink
-        else:
-            raise TypeError(f"sink: expected a callable or a queue.Queue, got {sink!r}")
+        self._deliver = sink_delivery(sink)
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.name = name

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import random
 import socket
 import ssl
@@ -43,6 +42,7 @@ from tabby.datastore.syncer import (
     SyncItem,
     SyncStatus,
     Update,
+    sink_delivery,
 )
 
 from . import protocol as p
@@ -119,12 +119,7 @@ class TyphaClient:
                 self.addresses += [(a[0], int(a[1]))] if isinstance(a, tuple) else parse_addresses(a)
             if not self.addresses:
                 raise ValueError("--typha: no address given")
-        if isinstance(sink, queue.Queue):
-            self._deliver: Callable[[SyncItem], None] = sink.put
-        elif callable(sink):
-            self._deliver = sink
-        else:
-            raise TypeError(f"sink: expected a callable or a queue.Queue, got {sink!r}")
+        self._deliver = sink_delivery(sink)
         self.client_name = client_name or socket.gethostname()
         self.syncer_type = syncer_type
         self.info = info

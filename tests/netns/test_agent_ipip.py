@@ -21,21 +21,12 @@ from tabby.bgp import birdctl
 from tabby.bgp.status import collect_status
 from tabby.cni.constants import ROUTE_PROTO
 from tabby.dataplane.ipip import IPIP_ROUTE_PROTO, read_counters
-from tabby.dataplane.ipip import build as ipip_build
 from tabby.dataplane.ipip.libbpf import BpfError, map_fd_by_id
 from tabby.lab import netns as nsops
 from tabby.lab.probe import ProbeServer, probe
 
 pytestmark = pytest.mark.root
 IPIP_POOL = {"vxlanMode": "Never", "ipipMode": "Always"}
-
-
-@pytest.fixture(scope="module")
-def bpf_object() -> Path:
-    try:
-        return ipip_build.build()
-    except ipip_build.BuildError as exc:
-        pytest.skip(f"cannot build the IP-in-IP BPF object: {exc}")
 
 
 def routes_to(lab: AgentLab, node: str, ip: str) -> list[dict[str, Any]]:

@@ -4,9 +4,6 @@ leaving."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -21,34 +18,27 @@ NODES = ("n1", "n2", "n3")
 EXT_AS = 65000
 
 
-@pytest.fixture
-def lab(topology: Callable[..., Any], tmp_path: Path) -> Iterator[BgpLab]:
-    bgp = BgpLab(topology(), tmp_path / "bgp")
-    yield bgp
-    bgp.close()
-
-
-def test_external_peer_reload_and_node_leaving(lab: BgpLab) -> None:
-    topo = lab.topo
-    lab.add_pool("10.65.0.0/16")
+def test_external_peer_reload_and_node_leaving(bgp_lab: BgpLab) -> None:
+    topo = bgp_lab.topo
+    bgp_lab.add_pool("10.65.0.0/16")
     for name in NODES:
-        lab.add_node(topo.add_node(name))
+        bgp_lab.add_node(topo.add_node(name))
     ext = topo.add_node("ext")
     blocks = {}
     for name in NODES:
-        lab.assign_ip(name)
-        [blocks[name]] = lab.blocks_of(name)
-        lab.start(name)
-    before = lab.wait_established("n1", 2)
-    pid_before = before.controller.get("bird_pid") or lab.status("n1").controller.get("bird_pid")
+        bgp_lab.assign_ip(name)
+        [blocks[name]] = bgp_lab.blocks_of(name)
+        bgp_lab.start(name)
+    before = bgp_lab.wait_established("n1", 2)
+    pid_before = before.controller.get("bird_pid") or bgp_lab.status("n1").controller.get("bird_pid")
 
     # An external router with a password, then the BGPPeer that points every node at it.
-    gobgp = GoBGP(topo, ext, lab.workdir, EXT_AS,
+    gobgp = GoBGP(topo, ext, bgp_lab.workdir, EXT_AS,
                   [(topo.nodes[n].ip, 64512) for n in NODES], password="t0p-secret")
-    lab.add_secret("bgp-secrets", "ext", "t0p-secret")
-    lab.apply({"kind": "BGPPeer", "metadata": {"name": "ext-router"},
-               "spec": {"peerIP": ext.ip, "asNumber": EXT_AS,
-                        "password": {"secretKeyRef": {"name": "bgp-secrets", "key": "ext"}}}})
+    bgp_lab.add_secret("bgp-secrets", "ext", "t0p-secret")
+    bgp_lab.apply({"kind": "BGPPeer", "metadata": {"name": "ext-router"},
+                   "spec": {"peerIP": ext.ip, "asNumber": EXT_AS,
+                            "password": {"secretKeyRef": {"name": "bgp-secrets", "key": "ext"}}}})
     wait_for(lambda: list(gobgp.neighbors().values()) == ["established"] * 3, 30, 0.2,
              "GoBGP sessions")
 
@@ -62,7 +52,7 @@ def test_external_peer_reload_and_node_leaving(lab: BgpLab) -> None:
     assert all(v == sorted(topo.nodes[n].ip for n in NODES) for v in rib.values())
 
     # Adding the peer reloaded BIRD without touching the mesh sessions.
-    after = lab.status("n1")
+    after = bgp_lab.status("n1")
     for peer in before.peers:
         now = after.peer(peer.name)
         assert now is not None and now.established and now.since == peer.since
@@ -76,16 +66,16 @@ def test_external_peer_reload_and_node_leaving(lab: BgpLab) -> None:
     # Routes from the external router reach every node's kernel.
     gobgp.announce("198.51.100.0/24")
     for name in NODES:
-        lab.wait_route(name, "198.51.100.0/24", ext.ip)
+        bgp_lab.wait_route(name, "198.51.100.0/24", ext.ip)
 
     # n3 leaves: its BIRD stops (routes withdrawn everywhere), then its Node is deleted.
-    lab.stop("n3")
+    bgp_lab.stop("n3")
     for name in ("n1", "n2"):
-        lab.wait_no_route(name, blocks["n3"])
+        bgp_lab.wait_no_route(name, blocks["n3"])
     wait_for(lambda: blocks["n3"] not in gobgp.rib(), 20, 0.2, "n3's block withdrawn")
-    assert lab.routes("n3") == {}  # `down` also removed BIRD's routes from n3's kernel
-    lab.delete("Node", "n3")
+    assert bgp_lab.routes("n3") == {}  # `down` also removed BIRD's routes from n3's kernel
+    bgp_lab.delete("Node", "n3")
     mesh_n3 = "Mesh_" + topo.nodes["n3"].ip.replace(".", "_")
-    wait_for(lambda: lab.status("n1").peer(mesh_n3) is None, 10, 0.05, "n3's session removed")
-    assert lab.status("n1").peer(ext.ip).established  # type: ignore[union-attr]
+    wait_for(lambda: bgp_lab.status("n1").peer(mesh_n3) is None, 10, 0.05, "n3's session removed")
+    assert bgp_lab.status("n1").peer(ext.ip).established  # type: ignore[union-attr]
     gobgp.stop()

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -16,50 +13,43 @@ from tabby.bgp.testing import BgpLab, wait_for
 pytestmark = pytest.mark.root
 
 
-@pytest.fixture
-def lab(topology: Callable[..., Any], tmp_path: Path) -> Iterator[BgpLab]:
-    bgp = BgpLab(topology(), tmp_path / "bgp")
-    yield bgp
-    bgp.close()
-
-
-def _bird_pid(lab: BgpLab, node: str) -> int | None:
-    pid = lab.status(node).controller.get("bird_pid")
+def _bird_pid(bgp_lab: BgpLab, node: str) -> int | None:
+    pid = bgp_lab.status(node).controller.get("bird_pid")
     return int(pid) if pid else None
 
 
-def test_bird_restart_and_adoption(lab: BgpLab) -> None:
-    topo = lab.topo
-    lab.add_pool("10.65.0.0/16")
+def test_bird_restart_and_adoption(bgp_lab: BgpLab) -> None:
+    topo = bgp_lab.topo
+    bgp_lab.add_pool("10.65.0.0/16")
     for name in ("n1", "n2"):
-        lab.add_node(topo.add_node(name))
-        lab.assign_ip(name)
-        lab.start(name)
-    [block1] = lab.blocks_of("n1")
-    lab.wait_established("n1", 1)
-    lab.wait_route("n2", block1, topo.nodes["n1"].ip)
-    pid = wait_for(lambda: _bird_pid(lab, "n1"), 10, 0.05, "BIRD pid in status")
+        bgp_lab.add_node(topo.add_node(name))
+        bgp_lab.assign_ip(name)
+        bgp_lab.start(name)
+    [block1] = bgp_lab.blocks_of("n1")
+    bgp_lab.wait_established("n1", 1)
+    bgp_lab.wait_route("n2", block1, topo.nodes["n1"].ip)
+    pid = wait_for(lambda: _bird_pid(bgp_lab, "n1"), 10, 0.05, "BIRD pid in status")
 
     # BIRD crashes: the controller starts a new one, the session comes back.
     os.kill(pid, signal.SIGKILL)
-    new_pid = wait_for(lambda: (p := _bird_pid(lab, "n1")) != pid and p, 10, 0.05,
+    new_pid = wait_for(lambda: (p := _bird_pid(bgp_lab, "n1")) != pid and p, 10, 0.05,
                        "a restarted BIRD")
-    assert lab.status("n1").controller["bird_starts"] == 2
-    st = lab.wait_established("n1", 1)
-    lab.wait_route("n2", block1, topo.nodes["n1"].ip)
+    assert bgp_lab.status("n1").controller["bird_starts"] == 2
+    st = bgp_lab.wait_established("n1", 1)
+    bgp_lab.wait_route("n2", block1, topo.nodes["n1"].ip)
 
     # The agent is SIGKILLed: BIRD (its own session) keeps routing.
-    lab.procs.pop("n1").popen.kill()
-    assert lab.status("n1").running
-    assert lab.routes("n2")[block1] == topo.nodes["n1"].ip
+    bgp_lab.procs.pop("n1").popen.kill()
+    assert bgp_lab.status("n1").running
+    assert bgp_lab.routes("n2")[block1] == topo.nodes["n1"].ip
     # The next agent adopts it: same BIRD, same sessions.
-    lab.start("n1")
-    wait_for(lambda: lab.status("n1").controller.get("bird_starts") == 0, 10, 0.05,
+    bgp_lab.start("n1")
+    wait_for(lambda: bgp_lab.status("n1").controller.get("bird_starts") == 0, 10, 0.05,
              "the new agent's status")
-    again = lab.wait_established("n1", 1)
+    again = bgp_lab.wait_established("n1", 1)
     assert again.controller["bird_pid"] == new_pid
     assert again.peers[0].since == st.peers[0].since
     # and a clean stop withdraws n1's routes from n2
-    lab.stop("n1")
-    lab.wait_no_route("n2", block1)
-    assert not lab.status("n1").running
+    bgp_lab.stop("n1")
+    bgp_lab.wait_no_route("n2", block1)
+    assert not bgp_lab.status("n1").running

@@ -8,9 +8,6 @@ routes BIRD learned.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -21,40 +18,33 @@ pytestmark = pytest.mark.root
 NODES = ("n1", "n2", "n3")
 
 
-@pytest.fixture
-def lab(topology: Callable[..., Any], tmp_path: Path) -> Iterator[BgpLab]:
-    bgp = BgpLab(topology(), tmp_path / "bgp")
-    yield bgp
-    bgp.close()
-
-
-def test_mesh_routes_workload_traffic(lab: BgpLab) -> None:
-    topo = lab.topo
-    lab.add_pool("10.65.0.0/16")
+def test_mesh_routes_workload_traffic(bgp_lab: BgpLab) -> None:
+    topo = bgp_lab.topo
+    bgp_lab.add_pool("10.65.0.0/16")
     for name in NODES:
-        lab.add_node(topo.add_node(name))
+        bgp_lab.add_node(topo.add_node(name))
     ips = {}
     for i, name in enumerate(NODES, start=1):
-        ips[name] = lab.assign_ip(name)  # claims a real /26 block for the node
+        ips[name] = bgp_lab.assign_ip(name)  # claims a real /26 block for the node
         topo.add_workload(name, f"w{i}", ips[name])
     # n3 borrows an address from n1's block: n3 must announce it as a /32
-    borrowed = borrow_ip(lab, "n3", ips["n1"])
+    borrowed = borrow_ip(bgp_lab, "n3", ips["n1"])
     topo.add_workload("n3", "wb", borrowed)
     for name in NODES:
-        lab.start(name)
+        bgp_lab.start(name)
 
-    statuses = {name: lab.wait_established(name, 2) for name in NODES}
+    statuses = {name: bgp_lab.wait_established(name, 2) for name in NODES}
     for name, st in statuses.items():
         assert {p.peer_type for p in st.peers} == {"node-to-node mesh"}
         assert st.router_id == topo.nodes[name].ip
-    blocks = {name: next(c for c, v in lab.routes(name).items() if v == "blackhole")
+    blocks = {name: next(c for c, v in bgp_lab.routes(name).items() if v == "blackhole")
               for name in NODES}
     for name in NODES:
         for other in NODES:
             if other != name:
-                lab.wait_route(name, blocks[other], topo.nodes[other].ip)
-        lab.wait_route(name if name != "n3" else "n2", f"{borrowed}/32", topo.nodes["n3"].ip)
-        routes = lab.routes(name)
+                bgp_lab.wait_route(name, blocks[other], topo.nodes[other].ip)
+        bgp_lab.wait_route(name if name != "n3" else "n2", f"{borrowed}/32", topo.nodes["n3"].ip)
+        routes = bgp_lab.routes(name)
         # our own block is a blackhole; nothing else of ours is routed by BIRD
         assert routes[blocks[name]] == "blackhole"
     # Besides BIRD's, a node has only its underlay routes and its own workloads' /32s.
@@ -72,55 +62,55 @@ def test_mesh_routes_workload_traffic(lab: BgpLab) -> None:
     assert all(grid.values()), {k: v for k, v in grid.items() if not v}
 
 
-def test_invalid_peer_is_reported_and_sessions_stay(lab: BgpLab) -> None:
-    topo = lab.topo
-    lab.add_pool("10.65.0.0/16")
+def test_invalid_peer_is_reported_and_sessions_stay(bgp_lab: BgpLab) -> None:
+    topo = bgp_lab.topo
+    bgp_lab.add_pool("10.65.0.0/16")
     for name in ("n1", "n2"):
-        lab.add_node(topo.add_node(name))
-        lab.start(name)
-    before = lab.wait_established("n1", 1).peers[0]
+        bgp_lab.add_node(topo.add_node(name))
+        bgp_lab.start(name)
+    before = bgp_lab.wait_established("n1", 1).peers[0]
     # stored without validation, as a buggy writer could
-    lab.put_raw("/tabby/v3/bgppeers/broken", {
+    bgp_lab.put_raw("/tabby/v3/bgppeers/broken", {
         "apiVersion": "projectcalico.org/v3", "kind": "BGPPeer",
         "metadata": {"name": "broken"}, "spec": {"peerIP": "10.1.1.300", "asNumber": 65000}})
-    lab.apply({"kind": "BGPPeer", "metadata": {"name": "nobody"},
-               "spec": {"peerSelector": "role == 'missing'"}})
+    bgp_lab.apply({"kind": "BGPPeer", "metadata": {"name": "nobody"},
+                   "spec": {"peerSelector": "role == 'missing'"}})
 
     def issues() -> list[dict[str, str]] | None:
-        st = lab.status("n1")
+        st = bgp_lab.status("n1")
         found = [i for i in st.issues if i["source"] in ('BGPPeer "broken"', 'BGPPeer "nobody"')]
         return found if len(found) == 2 else None
 
     found = wait_for(issues, 10, 0.05, "issues in status")
     assert found[0]["message"].startswith("ignored: spec.peerIP: invalid peerIP")
     assert "selects no node" in found[1]["message"]
-    st = lab.status("n1")
+    st = bgp_lab.status("n1")
     assert st.running and not st.controller.get("last_error")
     after = st.peer(before.name)
     assert after is not None and after.established and after.since == before.since
-    conf = (lab.run_dir("n1") / "bird.conf").read_text()
+    conf = (bgp_lab.run_dir("n1") / "bird.conf").read_text()
     assert "10.1.1.300" in conf.split("log stderr")[0]  # only in the issue comments
 
 
-def test_dual_stack_mesh(lab: BgpLab) -> None:
+def test_dual_stack_mesh(bgp_lab: BgpLab) -> None:
     """IPv4 and IPv6 sessions side by side (separate channels): v6 blocks reach the kernel."""
-    topo = lab.topo
-    lab.add_pool("10.65.0.0/16")
-    lab.add_pool("fd10:65::/48", name="pool6")
+    topo = bgp_lab.topo
+    bgp_lab.add_pool("10.65.0.0/16")
+    bgp_lab.add_pool("fd10:65::/48", name="pool6")
     v6 = {}
     for i, name in enumerate(("n1", "n2"), start=1):
         node = topo.add_node(name)
         v6[name] = f"fd00:31::{i}"
         topo.run(name, ["ip", "-6", "addr", "add", f"{v6[name]}/64", "dev", node.underlay_if,
                         "nodad"])
-        lab.add_node(node, ipv6Address=f"{v6[name]}/64")
-        lab.assign_ip(name, version=6)
-        lab.assign_ip(name)
-        lab.start(name)
-    st = lab.wait_established("n1", 2)
+        bgp_lab.add_node(node, ipv6Address=f"{v6[name]}/64")
+        bgp_lab.assign_ip(name, version=6)
+        bgp_lab.assign_ip(name)
+        bgp_lab.start(name)
+    st = bgp_lab.wait_established("n1", 2)
     assert sorted(p.name for p in st.peers) == ["Mesh_172_31_0_11", "Mesh_fd00_31__2"]
-    [block6] = [b for b in lab.blocks_of("n2") if ":" in b]
-    wait_for(lambda: lab.routes("n1", version=6).get(block6) == v6["n2"], 10, 0.05,
+    [block6] = [b for b in bgp_lab.blocks_of("n2") if ":" in b]
+    wait_for(lambda: bgp_lab.routes("n1", version=6).get(block6) == v6["n2"], 10, 0.05,
              f"{block6} via {v6['n2']} on n1")
-    [block4] = [b for b in lab.blocks_of("n2") if ":" not in b]
-    lab.wait_route("n1", block4, topo.nodes["n2"].ip)
+    [block4] = [b for b in bgp_lab.blocks_of("n2") if ":" not in b]
+    bgp_lab.wait_route("n1", block4, topo.nodes["n2"].ip)

@@ -26,7 +26,6 @@ import pytest
 
 from tabby.calc.messages import InSync, IPPoolUpdate, RouteRemove, RouteUpdate
 from tabby.dataplane.ipip import IPIP_ROUTE_PROTO, IpipDataplane, IpipError, kernel_support
-from tabby.dataplane.ipip import build as ipip_build
 from tabby.dataplane.ipip.bpf_path import attached_program_ids
 from tabby.dataplane.ipip.libbpf import BpfError, map_fd_by_id
 from tabby.lab.probe import ProbeServer, probe_matrix
@@ -41,14 +40,6 @@ kernel_only = pytest.mark.skipif(
 POOL = "10.65.0.0/16"
 MTU = 1500
 WL_MTU = MTU - 20  # what the CNI plugin gives workloads on an IP-in-IP pool
-
-
-@pytest.fixture(scope="module")
-def bpf_object() -> Path:
-    try:
-        return ipip_build.build()
-    except ipip_build.BuildError as exc:
-        pytest.skip(f"cannot build the IP-in-IP BPF object: {exc}")
 
 
 # --- a cluster wired through the API ----------------------------------------------------

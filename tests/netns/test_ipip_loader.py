@@ -18,14 +18,6 @@ from tabby.lab import netns as nsops
 pytestmark = pytest.mark.root
 
 
-@pytest.fixture(scope="module")
-def bpf_object() -> Path:
-    try:
-        return ipip_build.build()
-    except ipip_build.BuildError as exc:
-        pytest.skip(f"cannot build the IP-in-IP BPF object: {exc}")
-
-
 def test_object_maps_round_trip(need_root, bpf_object: Path) -> None:
     with BpfObject(bpf_object) as obj:
         routes = obj.map(bm.MAP_ROUTES)
