@@ -31,8 +31,9 @@ SELECTED = {
                      "tabby-ti-default-48ef8e5173", "tabby-fhp-eth0",
                      "tabby-ti-default-98e3683669", "raw-output", "mangle-prerouting"],
     "nat_outgoing": ["raw-prerouting", "nat-postrouting"],
+    "merged_rules": ["tabby-pi-default_default.merged-93c0831142"],
 }
-WITH_SETS = ("named_ports", "nat_outgoing")
+WITH_SETS = ("named_ports", "nat_outgoing", "merged_rules")
 
 
 def chain_text(rs: Ruleset, name: str) -> str:
@@ -178,6 +179,21 @@ chain tabby-po-default_default.log-5a5dab11ad
     meta nfproto ipv4 meta l4proto icmp icmp type 8 icmp code 0 meta mark set meta mark | 0x10000 return comment "policy default/default.log egress/2"
     meta nfproto ipv4 meta l4proto icmp icmp type . icmp code != { 3 . 4 } drop comment "policy default/default.log egress/3"
     meta nfproto ipv4 meta l4proto tcp meta l4proto != udp tcp dport != { 22, 6000-6010 } ip daddr 0.0.0.0/0 ip daddr != @tabby-net4-s_db-c62cd09ce3 meta mark set meta mark | 0x10000 return comment "policy default/default.log egress/4"
+"""
+
+GOLDEN["merged_rules"] = """\
+chain tabby-pi-default_default.merged-93c0831142
+    meta nfproto ipv4 meta l4proto tcp tcp dport 80 ip saddr { 10.66.0.0/23, 10.66.2.0/24, 10.66.4.0/24, 10.66.9.0/24 } meta mark set meta mark | 0x10000 return comment "policy default/default.merged ingress/0 +4 merged (0-4)"
+    log prefix "merged " comment "policy default/default.merged ingress/5"
+    meta nfproto ipv4 meta l4proto tcp ip saddr . tcp dport { 192.0.2.1 . 22, 192.0.2.2 . 23 } drop comment "policy default/default.merged ingress/6 +2 merged (6-8)"
+    meta nfproto ipv6 meta l4proto tcp ip6 saddr . tcp dport { 2001:db8::1 . 22 } drop comment "policy default/default.merged ingress/6 +2 merged (6-8)"
+    meta nfproto ipv4 meta l4proto tcp tcp dport { 9100, 9200 } ip saddr @tabby-ip4-s_mon-ab81966849 meta mark set meta mark | 0x10000 return comment "policy default/default.merged ingress/9 +1 merged (9-10)"
+    meta nfproto ipv4 ip saddr 10.68.0.1 ip saddr != 10.68.0.0/31 meta mark set meta mark | 0x10000 return comment "policy default/default.merged ingress/11"
+    meta nfproto ipv4 ip saddr 10.68.0.5 ip saddr != 10.68.0.4/31 meta mark set meta mark | 0x10000 return comment "policy default/default.merged ingress/12"
+    meta nfproto ipv4 meta l4proto udp ip saddr . udp dport @tabby-pi-default_default.merged-93c0831142-m4-de7f54ea meta mark set meta mark | 0x10000 return comment "policy default/default.merged ingress/13 +39 merged (13-52)"
+
+set tabby-ip4-s_mon-ab81966849 ipv4_addr: 10.65.9.1
+set tabby-pi-default_default.merged-93c0831142-m4-de7f54ea ipv4_addr . inet_service interval: 10.67.0.1 . 5000-5005, 10.67.0.10 . 5010-5015, 10.67.0.11 . 5020-5025, 10.67.0.12 . 5030-5035, 10.67.0.13 . 5000-5005, 10.67.0.14 . 5010-5015, 10.67.0.15 . 5020-5025, 10.67.0.16 . 5030-5035, 10.67.0.17 . 5000-5005, 10.67.0.18 . 5010-5015, 10.67.0.19 . 5020-5025, 10.67.0.2 . 5010-5015, 10.67.0.20 . 5030-5035, 10.67.0.21 . 5000-5005, 10.67.0.22 . 5010-5015, 10.67.0.23 . 5020-5025, 10.67.0.24 . 5030-5035, 10.67.0.25 . 5000-5005, 10.67.0.26 . 5010-5015, 10.67.0.27 . 5020-5025, 10.67.0.28 . 5030-5035, 10.67.0.29 . 5000-5005, 10.67.0.3 . 5020-5025, 10.67.0.30 . 5010-5015, 10.67.0.31 . 5020-5025, 10.67.0.32 . 5030-5035, 10.67.0.33 . 5000-5005, 10.67.0.34 . 5010-5015, 10.67.0.35 . 5020-5025, 10.67.0.36 . 5030-5035, 10.67.0.37 . 5000-5005, 10.67.0.38 . 5010-5015, 10.67.0.39 . 5020-5025, 10.67.0.4 . 5030-5035, 10.67.0.40 . 5030-5035, 10.67.0.5 . 5000-5005, 10.67.0.6 . 5010-5015, 10.67.0.7 . 5020-5025, 10.67.0.8 . 5030-5035, 10.67.0.9 . 5000-5005
 """
 
 GOLDEN["named_ports"] = """\

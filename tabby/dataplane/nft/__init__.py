@@ -1,8 +1,9 @@
 """Tabby's nftables policy dataplane: one private `inet tabby` table, written atomically.
 
-render.py builds the desired table from the calc graph's messages (pure), model.py
-writes it as a full replace or an in-place delta, rules.py compiles single rules, and
-driver.py runs `nft -f -` (in a namespace if asked). See docs/design/dataplane.md.
+render.py builds the desired table from the calc graph's messages (pure), merge.py
+turns a policy's rule list into few nft rules (set lookups), rules.py compiles single
+rules, model.py writes the table as a full replace or an in-place delta, and driver.py
+runs `nft -f -` (in a namespace if asked). See docs/design/dataplane.md.
 """
 
 from tabby.dataplane.nft.driver import ApplyResult, ExistingTable, NftApplyError, NftDataplane

@@ -90,7 +90,7 @@ class ExistingTable:
 
 class NftDataplane:
     def __init__(self, netns: str | None = None, *, nft: str = "nft", timeout: float = 60.0,
-                 require_in_sync: bool = True) -> None:
+                 require_in_sync: bool = True, merge_rules: bool = True) -> None:
         if netns is not None and (not _NETNS.match(netns) or netns in (".", "..")):
             raise ValueError(f"netns: invalid namespace name {netns!r}")
         self.netns = netns
@@ -98,6 +98,7 @@ class NftDataplane:
         self.timeout = timeout
         self.state = DataplaneState()
         self.in_sync = not require_in_sync
+        self.merge_rules = merge_rules  # False: one nft rule per policy rule (see merge.py)
         self._applied: Ruleset | None = None  # what the kernel has, as far as we know
         self._problems: dict[str, str] = {}
         self._structural = True  # something beyond IP set members changed
@@ -201,7 +202,7 @@ class NftDataplane:
         if fast is not None:
             desired, problems = fast, self._problems
         else:
-            rendered = build(self.state, self._cache)
+            rendered = build(self.state, self._cache, merge=self.merge_rules)
             desired, problems = rendered.ruleset, rendered.problems
         text: Text | None = None
         mode = "full"
@@ -232,7 +233,7 @@ class NftDataplane:
                 log.error("nft rejected %s: %s", owner, reason)
                 self.state.rejected[owner] = reason
             self._structural = True
-            rendered = build(self.state, self._cache)
+            rendered = build(self.state, self._cache, merge=self.merge_rules)
             text = model.full_text(rendered.ruleset)
             try:
                 self._run(["-f", "-"], text.text())

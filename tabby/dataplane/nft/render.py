@@ -15,7 +15,8 @@ into `nft -f` input. The layout (see docs/design/dataplane.md):
   chains in order; a policy chain's Allow/Pass set a mark bit and return; Allow returns
   all the way out, Pass skips the rest of the tier, and the end of a tier drops unless
   it passed (or the tier's default action is Pass);
-* policy/profile chains: one per (policy, direction) that some endpoint uses.
+* policy/profile chains: one per (policy, direction) that some endpoint uses; runs of
+  same-action rules that differ only in CIDRs/ports become set lookups (merge.py).
 
 Anything that cannot be rendered fails closed: a rule that cannot be expressed, or a
 policy the kernel rejected, makes its policy chain a single drop (reported in
@@ -43,8 +44,9 @@ from tabby.calc.messages import (
     WorkloadEndpointUpdate,
 )
 from tabby.dataplane.nft import names as n
+from tabby.dataplane.nft.merge import compile_rules
 from tabby.dataplane.nft.model import NftChain, NftMap, NftSet, Ruleset
-from tabby.dataplane.nft.rules import RuleError, compile_rule, port_literal
+from tabby.dataplane.nft.rules import RuleError, port_literal
 
 ACCEPT_RETURN = f"{n.mark_set(n.MARK_ACCEPT)} return"
 PASS_RETURN = f"{n.mark_set(n.MARK_PASS)} return"
@@ -152,6 +154,7 @@ class _Cached:
     rejected: str | None
     shapes: tuple[tuple[str, tuple[str, bool, bool] | None], ...]  # per set id looked up
     chain: NftChain
+    sets: tuple[NftSet, ...]  # the chain's own named sets (merged rules)
     problem: str | None
 
 
@@ -164,8 +167,10 @@ ChainCache = dict[tuple[str, str], _Cached]
 
 
 class _Builder:
-    def __init__(self, state: DataplaneState, cache: ChainCache | None = None) -> None:
+    def __init__(self, state: DataplaneState, cache: ChainCache | None = None,
+                 merge: bool = True) -> None:
         self.s = state
+        self.merge = merge
         self.cache = cache if cache is not None else {}
         self.refs: set[str] = set()  # set ids looked up while compiling one chain
         self.touched: set[tuple[str, str]] = set()
@@ -173,6 +178,7 @@ class _Builder:
         self.rs = Ruleset()
         self.problems: dict[str, str] = {}
         self.policy_chains: dict[str, NftChain] = {}
+        self.rule_sets: list[NftSet] = []  # named sets of merged policy/profile rules
         self.profile_chains: dict[str, NftChain] = {}
         self.tier_chains: dict[str, NftChain] = {}
         self.endpoint_chains: list[NftChain] = []
@@ -216,16 +222,16 @@ class _Builder:
         key = (name, owner)
         self.touched.add(key)
         hit = self.cache.get(key)
-        if hit is not None and self._still_valid(hit, msg, rejected):
-            chain, problem = hit.chain, hit.problem
-        else:
+        if hit is None or not self._still_valid(hit, msg, rejected):
             self.refs = set()
-            chain, problem = self._compile_chain(name, owner, msg, inbound, label, rejected)
+            chain, sets, problem = self._compile_chain(name, owner, msg, inbound, label, rejected)
             shapes = tuple(sorted((sid, self._shape(sid)) for sid in self.refs))
-            self.cache[key] = _Cached(msg, self.cfg.log_prefix, rejected, shapes, chain, problem)
-        if problem is not None:
-            self.problems[owner] = problem
-        return chain
+            hit = _Cached(msg, self.cfg.log_prefix, rejected, shapes, chain, sets, problem)
+            self.cache[key] = hit
+        if hit.problem is not None:
+            self.problems[owner] = hit.problem
+        self.rule_sets += hit.sets
+        return hit.chain
 
     def _still_valid(self, hit: _Cached, msg: object, rejected: str | None) -> bool:
         if not (hit.msg is msg or hit.msg == msg):
@@ -244,21 +250,19 @@ class _Builder:
 
     def _compile_chain(self, name: str, owner: str, msg: PolicyUpdate | ProfileUpdate,
                        inbound: bool, label: str, rejected: str | None,
-                       ) -> tuple[NftChain, str | None]:
+                       ) -> tuple[NftChain, tuple[NftSet, ...], str | None]:
         if rejected is not None:
             return NftChain(name, (f"drop {n.comment(f'{label}: rejected: {rejected}')}",),
-                            owner=owner, note=label), rejected
-        lines: list[str] = []
+                            owner=owner, note=label), (), rejected
         rules = msg.inbound_rules if inbound else msg.outbound_rules
         try:
-            for i, rule in enumerate(rules):
-                note = rule.rule_id or f"{label}/{i}"
-                lines.extend(compile_rule(rule, resolve=self.resolve, verdicts=POLICY_VERDICTS,
-                                          log_prefix=self.cfg.log_prefix, note=note))
+            lines, sets = compile_rules(
+                rules, chain=name, owner=owner, label=label, resolve=self.resolve,
+                verdicts=POLICY_VERDICTS, log_prefix=self.cfg.log_prefix, merge=self.merge)
         except (RuleError, ValueError) as exc:
             return NftChain(name, (f"drop {n.comment(f'{label}: rejected: {exc}')}",),
-                            owner=owner, note=label), str(exc)
-        return NftChain(name, tuple(lines), owner=owner, note=label), None
+                            owner=owner, note=label), (), str(exc)
+        return NftChain(name, tuple(lines), owner=owner, note=label), tuple(sets), None
 
     def policy_chain(self, pid: PolicyId, inbound: bool) -> str:
         name = n.policy_chain(str(pid), inbound)
@@ -548,17 +552,23 @@ class _Builder:
         return rules
 
 
-def build(state: DataplaneState, cache: ChainCache | None = None) -> Rendered:
+def build(state: DataplaneState, cache: ChainCache | None = None, *,
+          merge: bool = True) -> Rendered:
     """The whole desired table. Order: sets, maps, policy/profile chains, endpoint chains,
     dispatch chains, base chains (the written order a reader expects; a full replace is one
-    transaction, so the order only matters for readability and for deltas)."""
-    b = _Builder(state, cache)
+    transaction, so the order only matters for readability and for deltas).
+
+    `merge=False` renders one nft rule per policy rule (no merging: merge.py); a cache
+    must only be shared by builds with the same `merge`."""
+    b = _Builder(state, cache, merge)
     b.add_workloads()
     b.add_host_endpoints()
     for key in [k for k in b.cache if k not in b.touched]:
         del b.cache[key]  # policies no endpoint uses any more
     chains_tail = [*b.dispatch(), *b.base_chains()]
     b.add_sets()
+    for s in b.rule_sets:
+        b.rs.add_set(s)
     for kind in (n.WL_FROM, n.WL_TO, n.HEP_FROM, n.HEP_TO, n.HEP_FWD_FROM, n.HEP_FWD_TO,
                  n.HEP_RAW_FROM, n.HEP_RAW_TO, n.HEP_PREDNAT):
         if kind in (n.WL_FROM, n.WL_TO) or b.any_hep:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 from tabby.calc.messages import PortRange, Rule
 from tabby.dataplane.nft.names import (
@@ -36,6 +37,23 @@ Resolver = Callable[[str, str, int], str | None]
 
 class RuleError(ValueError):
     """A rule that cannot be expressed in nft; the message says why."""
+
+
+@dataclass(frozen=True)
+class Merged:
+    """Dimensions (`src_nets`, `dst_nets`, `src_ports`, `dst_ports`, in that order) whose
+    values a group of rules unites: `refs[family]` is what follows the lookup (`@name`,
+    `{ a, b }` or one literal); a family with no entry has no element, so no rule."""
+
+    dims: tuple[str, ...]
+    refs: Mapping[int | None, str]
+
+
+def _dim_expr(dim: str, addr: str, kw: str) -> str:
+    side, what = dim.split("_")
+    if what == "nets":
+        return f"{addr} {'saddr' if side == 'src' else 'daddr'}"
+    return f"{kw} {'sport' if side == 'src' else 'dport'}"
 
 
 def l4(proto: int) -> str:
@@ -110,11 +128,13 @@ def compile_rule(
     verdicts: Mapping[str, str],
     log_prefix: str,
     note: str,
+    merged: Merged | None = None,
 ) -> list[str]:
     """nft rule lines for `r` (possibly none: e.g. only IPv6 nets in an IPv4-only rule).
 
     `verdicts` maps allow/deny/pass to the statement ending the rule; log rules log and
-    fall through to the next rule.
+    fall through to the next rule. With `merged`, the values of `merged.dims` come from
+    `merged.refs` instead of `r`.
     """
     _check(r)
     if r.action == "log":
@@ -124,12 +144,13 @@ def compile_rule(
         action = verdicts[r.action]
     out: list[str] = []
     for fam in families(r):
-        out.extend(_compile_family(r, fam, resolve, action, comment(note)))
+        out.extend(_compile_family(r, fam, resolve, action, comment(note), merged))
     return out
 
 
 def _compile_family(
-    r: Rule, fam: int | None, resolve: Resolver, action: str, note: str
+    r: Rule, fam: int | None, resolve: Resolver, action: str, note: str,
+    merged: Merged | None = None,
 ) -> list[str]:
     # Matches are ordered cheapest first, because nft stops at the first that fails:
     # compares (family, protocol, ports, ICMP) before CIDRs before set lookups.
@@ -144,6 +165,14 @@ def _compile_family(
         head.append(f"meta l4proto != {l4(r.not_protocol)}")
     alts: dict[str, list[str]] = {"s": [], "d": []}
     addr = "ip" if fam == 4 else "ip6"
+    kw = PORT_KEYWORDS.get(r.protocol or 0, "th")
+    mdims: tuple[str, ...] = ()
+    lookup = ""
+    if merged is not None:
+        if fam not in merged.refs:
+            return []  # no merged value of this family: nothing to match
+        mdims = merged.dims
+        lookup = " . ".join(_dim_expr(d, addr, kw) for d in mdims) + " " + merged.refs[fam]
     for side, pre in (("s", "src"), ("d", "dst")):
         word = "saddr" if side == "s" else "daddr"
         pword = "sport" if side == "s" else "dport"
@@ -151,19 +180,27 @@ def _compile_family(
         not_ports = getattr(r, f"not_{pre}_ports")
         named = getattr(r, f"{pre}_named_port_ip_set_ids")
         not_named = getattr(r, f"not_{pre}_named_port_ip_set_ids")
-        kw = PORT_KEYWORDS.get(r.protocol or 0, "th")
+        # a port dimension in a two-dimension lookup is matched by that lookup
+        ports_in_concat = len(mdims) == 2 and f"{pre}_ports" in mdims
         if not_ports:
             cheap.append(f"{kw} {pword} != {port_literal(not_ports)}")
-        if ports:
+        if ports and f"{pre}_ports" in mdims:
+            if not ports_in_concat:
+                alts[side].append(lookup)
+        elif ports:
             alts[side].append(f"{kw} {pword} {port_literal(ports)}")
         if fam is None:
             continue
         nets = getattr(r, f"{pre}_nets")
-        mine = [n for n in nets if _version(n) == fam]
-        if nets and not mine:
-            return []  # all of this side's nets are of the other family
-        if mine:
-            costly.append(f"{addr} {word} {net_literal(mine)}")
+        if f"{pre}_nets" in mdims:
+            if len(mdims) == 1:
+                costly.append(lookup)
+        else:
+            mine = [n for n in nets if _version(n) == fam]
+            if nets and not mine:
+                return []  # all of this side's nets are of the other family
+            if mine:
+                costly.append(f"{addr} {word} {net_literal(mine)}")
         not_mine = [n for n in getattr(r, f"not_{pre}_nets") if _version(n) == fam]
         if not_mine:
             costly.append(f"{addr} {word} != {net_literal(not_mine)}")
@@ -181,12 +218,14 @@ def _compile_family(
             name = resolve(sid, "port", fam)
             if name is not None:
                 alts[side].append(f"{concat} @{name}")
-        if (ports or named) and not alts[side]:
+        if (ports or named) and not alts[side] and not ports_in_concat:
             return []  # only empty named-port sets on this side: nothing matches
         for sid in not_named:
             name = resolve(sid, "port", fam)
             if name is not None:
                 costly.append(f"{concat} != @{name}")
+    if len(mdims) == 2:
+        costly.append(lookup)
     if fam is not None:
         icmp = "icmp" if fam == 4 else "icmpv6"
         if r.icmp_type is not None:

@@ -181,10 +181,36 @@ def nat_outgoing() -> DataplaneState:
     )
 
 
+def merged_rules() -> DataplaneState:
+    """Runs of same-action rules merged into set lookups (merge.py): source CIDRs, a Log
+    rule ending a run, (source . port) pairs, ports beside a selector, a big group in a
+    named set, and rules whose negations differ staying apart."""
+    web = tuple(Rule("allow", protocol="tcp", dst_ports=(80,), src_nets=(f"10.66.{i}.0/24",))
+                for i in (0, 1, 2, 4, 9))
+    pairs = tuple(Rule("deny", protocol="tcp", src_nets=(net,), dst_ports=(port,))
+                  for net, port in (("192.0.2.1/32", 22), ("192.0.2.2/32", 23),
+                                    ("2001:db8::1/128", 22)))
+    big = tuple(Rule("allow", protocol="udp", src_nets=(f"10.67.{k // 250}.{k % 250 + 1}/32",),
+                     dst_ports=(f"{5000 + k % 4 * 10}:{5005 + k % 4 * 10}",)) for k in range(40))
+    return _state(
+        IPSetUpdate("s:mon", "ip", frozenset({"10.65.9.1"})),
+        PolicyUpdate(("default", "default.merged"), inbound_rules=(
+            *web, Rule("log", log_prefix="merged"), *pairs,
+            Rule("allow", protocol="tcp", src_ip_set_ids=("s:mon",), dst_ports=(9100,)),
+            Rule("allow", protocol="tcp", src_ip_set_ids=("s:mon",), dst_ports=(9200,)),
+            Rule("allow", src_nets=("10.68.0.1/32",), not_src_nets=("10.68.0.0/31",)),
+            Rule("allow", src_nets=("10.68.0.5/32",), not_src_nets=("10.68.0.4/31",)),
+            *big,
+        )),
+        ALLOW_ALL,
+        _wep("merged", "10.65.0.11", (TierInfo("default", "Deny", ("default.merged",), ()),)),
+    )
+
+
 SAMPLES = {
     "basic": basic, "tiers_and_pass": tiers_and_pass, "profiles": profiles,
     "named_ports": named_ports, "log_rules": log_rules, "host_endpoint": host_endpoint,
-    "do_not_track": do_not_track, "nat_outgoing": nat_outgoing,
+    "do_not_track": do_not_track, "nat_outgoing": nat_outgoing, "merged_rules": merged_rules,
 }
 
 
@@ -217,6 +243,28 @@ def scale(rules: int, endpoints: int = 2, set_size: int = 20, rules_per_set: int
     s.policies[PolicyId("default", "zz-allow")] = PolicyUpdate(("default", "zz-allow"),
                                                                (Rule("allow"),))
     tier = TierInfo("default", "Deny", (*names, "zz-allow"), ())
+    eps = workloads or [(f"calib{i:06d}", f"10.65.{i // 250}.{i % 250 + 1}") for i in range(endpoints)]
+    for ifname, ip in eps:
+        s.workloads[f"bench/{ifname}"] = WorkloadEndpointUpdate(
+            f"bench/{ifname}", ifname, (f"{ip}/32",), (), (tier,), ("kns.default",))
+    return s
+
+
+def one_policy(rules: int, *, workloads: list[tuple[str, str]] | None = None,
+               endpoints: int = 2) -> DataplaneState:
+    """One policy of `rules` rules in every endpoint's ingress tier: each allows TCP from
+    its own /32 in 10.200.0.0/15 (never a real source) to one of 50 ports, so none
+    matches; a last policy lets real traffic through. Merged, the policy is one rule with
+    one (source . port) set lookup; unmerged, every rule is evaluated."""
+    s = _state(ALLOW_ALL)
+    rs = tuple(
+        Rule("allow", protocol="tcp", dst_ports=(10000 + k % 50,),
+             src_nets=(f"10.{200 + k // 62500}.{k // 250 % 250}.{k % 250 + 1}/32",))
+        for k in range(rules))
+    s.policies[PolicyId("default", "big")] = PolicyUpdate(("default", "big"), rs)
+    s.policies[PolicyId("default", "zz-allow")] = PolicyUpdate(("default", "zz-allow"),
+                                                               (Rule("allow"),))
+    tier = TierInfo("default", "Deny", ("big", "zz-allow"), ())
     eps = workloads or [(f"calib{i:06d}", f"10.65.{i // 250}.{i % 250 + 1}") for i in range(endpoints)]
     for ifname, ip in eps:
         s.workloads[f"bench/{ifname}"] = WorkloadEndpointUpdate(
