@@ -230,8 +230,10 @@ def run_status(args: argparse.Namespace) -> int:
     except ImportError:
         bgp = None
     else:
+        # The agent knows where its BIRD listens (the lab gives each node its own run dir).
+        agent_sock = (agent.get("bgp") or {}).get("socket")
         sock = (os.path.join(args.run_dir, "bird.ctl") if args.run_dir
-                else default_socket(name))
+                else agent_sock or default_socket(name))
         bgp = collect_status(sock)
     if args.output == "json":
         out: dict[str, Any] = status_json(bgp) if bgp is not None else {}
@@ -249,6 +251,10 @@ def run_status(args: argparse.Namespace) -> int:
         for dp, st in sorted((agent.get("dataplanes") or {}).items()):
             problems = st.get("problems") or {}
             line = f"  {dp}: {st.get('applies', 0)} applies"
+            if st.get("implementation"):  # IP-in-IP: kernel tunl0 or the BPF programs
+                stats = st.get("stats") or {}
+                line += (f", implementation {st['implementation']}"
+                         f" ({'active' if stats.get('active') else 'idle'})")
             if st.get("failing"):
                 line += f", FAILING: {st.get('last_error')}"
             if problems:

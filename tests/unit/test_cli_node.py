@@ -102,3 +102,21 @@ def test_tls_options_build_a_client_context(tmp_path: Path) -> None:
             "--typha", "10.0.0.5:5473", "--typha-cert", str(tmp_path / "agent.crt"),
             "--typha-key", str(tmp_path / "other.key"), "--typha-ca", str(tmp_path / "ca.crt"),
             "--typha-cn", "typha"))
+
+
+def test_status_asks_bird_where_the_agent_says(monkeypatch, capsys) -> None:
+    """`node status` reads BIRD on the socket the running agent reports (a lab node's run
+    dir is not the default), and shows the IP-in-IP implementation."""
+    import tabby.bgp.status as bgp_status
+    import tabby.cli.node as node_cli
+
+    agent = {"node": "n1", "ready": True,
+             "bgp": {"enabled": True, "socket": "/tmp/lab-x/n1/bird.ctl"},
+             "dataplanes": {"ipip": {"applies": 1, "implementation": "bpf",
+                                     "stats": {"active": True}}}}
+    monkeypatch.setattr(node_cli, "_agent_status", lambda port: agent)
+    asked: list[str] = []
+    monkeypatch.setattr(bgp_status, "collect_status", asked.append)  # returns None: no BIRD
+    assert main(["node", "status", "--name", "n1"]) == 0
+    assert asked == ["/tmp/lab-x/n1/bird.ctl"]
+    assert "implementation bpf (active)" in capsys.readouterr().out
