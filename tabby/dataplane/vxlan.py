@@ -19,12 +19,14 @@ from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
+from tabby.dataplane.encap import VXLAN_DEVICE, VXLAN_OVERHEAD, VXLAN_PORT, VXLAN_VNI
+
 log = logging.getLogger(__name__)
 
-DEVICE = "vxlan.tabby"
-VNI = 4096
-PORT = 4789
-OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
+DEVICE = VXLAN_DEVICE
+VNI = VXLAN_VNI
+PORT = VXLAN_PORT
+OVERHEAD = VXLAN_OVERHEAD
 MIN_MTU = 576
 
 ENODEV = 19

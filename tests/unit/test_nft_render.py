@@ -32,8 +32,9 @@ SELECTED = {
                      "tabby-ti-default-98e3683669", "raw-output", "mangle-prerouting"],
     "nat_outgoing": ["raw-prerouting", "nat-postrouting"],
     "merged_rules": ["tabby-pi-default_default.merged-93c0831142"],
+    "tunnels": ["filter-input", "filter-output"],
 }
-WITH_SETS = ("named_ports", "nat_outgoing", "merged_rules")
+WITH_SETS = ("named_ports", "nat_outgoing", "merged_rules", "tunnels")
 
 
 def chain_text(rs: Ruleset, name: str) -> str:
@@ -282,6 +283,33 @@ chain tabby-fw-calidns
     jump tabby-ro-kns.default
     meta mark & 0x10000 == 0x10000 return
     drop comment "workload k8s/default.dns/eth0 egress: no policy or profile allowed"
+"""
+
+GOLDEN["tunnels"] = """\
+chain filter-input [type filter hook input priority filter; policy accept;]
+    ct state established,related accept
+    ct state invalid drop
+    meta mark & 0x100000 == 0x100000 accept
+    iifname "lo" accept
+    iifname "cali*" jump tabby-wl-to-host
+    meta mark & 0x200000 == 0x200000 accept
+    meta l4proto ipv6-icmp icmpv6 type { 133, 134, 135, 136 } accept comment "IPv6 neighbour discovery"
+    ip saddr @tabby-hosts4 udp dport 4789 accept comment "VXLAN from a known node"
+    ip saddr @tabby-hosts4 meta l4proto 4 accept comment "IPIP from a known node"
+    jump tabby-fh-dispatch
+
+chain filter-output [type filter hook output priority filter; policy accept;]
+    ct state established,related accept
+    ct state invalid drop
+    meta mark & 0x100000 == 0x100000 accept
+    oifname "lo" accept
+    oifname "cali*" accept comment "host to local workload is always allowed"
+    meta l4proto ipv6-icmp icmpv6 type { 133, 134, 135, 136 } accept comment "IPv6 neighbour discovery"
+    ip daddr @tabby-hosts4 udp dport 4789 accept comment "VXLAN to a known node"
+    ip daddr @tabby-hosts4 meta l4proto 4 accept comment "IPIP to a known node"
+    jump tabby-th-dispatch
+
+set tabby-hosts4 ipv4_addr: 192.168.0.10, 192.168.0.11, 192.168.1.12
 """
 
 BASIC_FULL = """\

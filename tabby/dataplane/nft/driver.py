@@ -163,8 +163,20 @@ class NftDataplane:
                 self._structural = True
         elif isinstance(msg, m.InSync):
             self.in_sync = True
-        elif isinstance(msg, (m.RouteUpdate, m.RouteRemove, m.VTEPUpdate, m.VTEPRemove)):
-            pass  # the route driver's business
+        elif isinstance(msg, m.RouteUpdate):
+            # Only node host routes matter here (tunnel peers); the rest is the route
+            # driver's business. A dst that stops being a host route is dropped.
+            if msg.kind in ("local-host", "remote-host"):
+                addr = msg.dst_node_ip or msg.dst.split("/", 1)[0]
+                self._peer(s.host_routes, msg.dst, addr)
+            else:
+                self._peer(s.host_routes, msg.dst, None)
+        elif isinstance(msg, m.RouteRemove):
+            self._peer(s.host_routes, msg.dst, None)
+        elif isinstance(msg, m.VTEPUpdate):
+            self._peer(s.vtep_hosts, msg.node, msg.underlay_ip)
+        elif isinstance(msg, m.VTEPRemove):
+            self._peer(s.vtep_hosts, msg.node, None)
         else:
             raise ValueError(f"message: unsupported type {type(msg).__name__}")
 
@@ -181,6 +193,18 @@ class NftDataplane:
 
     def _drop(self, table: dict[Any, Any], key: Any) -> None:
         if table.pop(key, None) is not None:
+            self._structural = True
+
+    def _peer(self, table: dict[str, str], key: str, addr: str | None) -> None:
+        """Record a tunnel peer address (None: forget it). The peers are only rendered
+        with a host endpoint, so without one a node coming or going costs no re-render."""
+        if (addr is None and key not in table) or (addr is not None and table.get(key) == addr):
+            return
+        if addr is None:
+            del table[key]
+        else:
+            table[key] = addr
+        if self.state.host_endpoints:
             self._structural = True
 
     def problems(self) -> dict[str, str]:

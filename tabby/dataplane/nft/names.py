@@ -12,6 +12,8 @@ import functools
 import hashlib
 import re
 
+from tabby.dataplane.encap import IPIP_PROTOCOL
+
 FAMILY = "inet"
 TABLE = "tabby"
 
@@ -90,6 +92,12 @@ HEP_FWD_TO = "thf"  # forwarded, leaving by a host endpoint (applyOnForward egre
 HEP_RAW_FROM = "fhu"  # untracked ingress (raw prerouting)
 HEP_RAW_TO = "thu"  # untracked egress (raw output)
 HEP_PREDNAT = "fhp"  # preDNAT ingress (mangle-priority prerouting)
+
+
+# Every node's underlay (IPv4) address: tunnel packets from/to these bypass host
+# endpoint policy (Felix's all-hosts / all-vxlan-net sets).
+HOSTS_SET = "tabby-hosts4"
+IPIP_PROTO = IPIP_PROTOCOL  # IP-in-IP (ipencap)
 
 
 def endpoint_chain(kind: str, ifname: str) -> str:

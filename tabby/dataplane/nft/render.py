@@ -43,6 +43,7 @@ from tabby.calc.messages import (
     TierInfo,
     WorkloadEndpointUpdate,
 )
+from tabby.dataplane.encap import VXLAN_PORT
 from tabby.dataplane.nft import names as n
 from tabby.dataplane.nft.merge import compile_rules
 from tabby.dataplane.nft.model import NftChain, NftMap, NftSet, Ruleset
@@ -70,6 +71,22 @@ class DataplaneState:
     host_endpoints: dict[str, HostEndpointUpdate] = field(default_factory=dict)
     pools: dict[str, IPPoolUpdate] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)  # owner -> kernel's reason
+    # Node underlay addresses, from `local-host`/`remote-host` routes (by dst) and from
+    # VTEPs (by node): the peers whose tunnel packets skip host endpoint policy.
+    host_routes: dict[str, str] = field(default_factory=dict)
+    vtep_hosts: dict[str, str] = field(default_factory=dict)
+
+    def tunnel_peers(self) -> frozenset[str]:
+        """The known nodes' IPv4 underlay addresses (Tabby's tunnels are IPv4-only)."""
+        addrs = {*self.host_routes.values(), *self.vtep_hosts.values()}
+        return frozenset(a for a in addrs if ipaddress.ip_address(a).version == 4)
+
+    def encaps_in_use(self) -> tuple[bool, bool]:
+        """(VXLAN, IPIP): does any pool use it? Disabled pools count - their blocks may
+        still have workloads behind tunnels."""
+        pools = self.pools.values()
+        return (any(p.vxlan_mode != "Never" for p in pools),
+                any(p.ipip_mode != "Never" for p in pools))
 
 
 @dataclass
@@ -489,8 +506,10 @@ class _Builder:
         prednat_ok = f"{n.mark_is_set(n.MARK_PREDNAT)} accept"
         inp = [*established, *hep_ok, 'iifname "lo" accept',
                *(f"{m} jump tabby-wl-to-host" for m in wl_in)]
+        tun_in, tun_out = self.tunnel_rules()
         if self.any_hep:
-            inp += [prednat_ok, ICMPV6_ND, *fs_in("dport", "saddr"), f"jump {n.dispatch_chain(n.HEP_FROM)}"]
+            inp += [prednat_ok, ICMPV6_ND, *fs_in("dport", "saddr"), *tun_in,
+                    f"jump {n.dispatch_chain(n.HEP_FROM)}"]
         fwd = [*established, *hep_ok]
         if self.any_hep:
             fwd.append(f"{n.mark_is_clear(n.MARK_PREDNAT)} jump {n.dispatch_chain(n.HEP_FWD_FROM)}")
@@ -501,7 +520,8 @@ class _Builder:
         out = [*established, *hep_ok, 'oifname "lo" accept',
                *(f"{m} accept {n.comment('host to local workload is always allowed')}" for m in wl_out)]
         if self.any_hep:
-            out += [ICMPV6_ND, *fs_out("dport", "daddr"), f"jump {n.dispatch_chain(n.HEP_TO)}"]
+            out += [ICMPV6_ND, *fs_out("dport", "daddr"), *tun_out,
+                    f"jump {n.dispatch_chain(n.HEP_TO)}"]
 
         to_host_action = {"Drop": "drop", "Return": "accept", "Accept": "accept"}[
             c.default_endpoint_to_host_action]
@@ -526,6 +546,29 @@ class _Builder:
             base("filter-output", "output", "filter", out),
             base("nat-postrouting", "postrouting", "srcnat", self.nat_rules(), typ="nat"),
         ]
+
+    def tunnel_rules(self) -> tuple[list[str], list[str]]:
+        """(input, output) rules that let the cluster's own VXLAN / IPIP packets between
+        known nodes past host endpoint policy, as Felix does: a host endpoint on the
+        underlay must not cut pod-to-pod traffic. Only rendered with a host endpoint
+        (without one nothing in input/output would stop them, and node churn then
+        costs no kernel write) and an encapsulation some pool uses; the peer set is
+        declared even when empty, so the first node to appear is a set change only."""
+        vxlan, ipip = self.s.encaps_in_use()
+        if not self.any_hep or not (vxlan or ipip):
+            return [], []
+        self.rs.add_set(NftSet(n.HOSTS_SET, "ipv4_addr", False, self.s.tunnel_peers(),
+                               note="tunnel peers: node underlay addresses"))
+        inp: list[str] = []
+        out: list[str] = []
+        for on, match, what in ((vxlan, f"udp dport {VXLAN_PORT}", "VXLAN"),
+                                (ipip, f"meta l4proto {n.IPIP_PROTO}", "IPIP")):
+            if on:
+                inp.append(f"ip saddr @{n.HOSTS_SET} {match} accept "
+                           f"{n.comment(f'{what} from a known node')}")
+                out.append(f"ip daddr @{n.HOSTS_SET} {match} accept "
+                           f"{n.comment(f'{what} to a known node')}")
+        return inp, out
 
     def nat_rules(self) -> list[str]:
         rules = []

@@ -17,8 +17,10 @@ from tabby.calc.messages import (
     PolicyId,
     PolicyUpdate,
     ProfileUpdate,
+    RouteUpdate,
     Rule,
     TierInfo,
+    VTEPUpdate,
     WorkloadEndpointUpdate,
 )
 from tabby.dataplane.nft.render import DataplaneState
@@ -41,6 +43,10 @@ def _state(*msgs: object, config: ConfigUpdate | None = None) -> DataplaneState:
             s.host_endpoints[m.endpoint_id] = m
         elif isinstance(m, IPPoolUpdate):
             s.pools[m.cidr] = m
+        elif isinstance(m, RouteUpdate) and m.kind in ("local-host", "remote-host"):
+            s.host_routes[m.dst] = m.dst_node_ip or m.dst.split("/", 1)[0]
+        elif isinstance(m, VTEPUpdate):
+            s.vtep_hosts[m.node] = m.underlay_ip
         else:
             raise TypeError(f"sample: unsupported message {m!r}")
     return s
@@ -207,10 +213,25 @@ def merged_rules() -> DataplaneState:
     )
 
 
+def tunnels() -> DataplaneState:
+    """A host endpoint on every interface with no policy, pools using VXLAN and IPIP:
+    tunnel packets from/to known nodes (host routes, a VTEP) still pass."""
+    return _state(
+        IPPoolUpdate("10.65.0.0/16", vxlan_mode="Always"),
+        IPPoolUpdate("10.66.0.0/16", ipip_mode="CrossSubnet", disabled=True),
+        RouteUpdate("192.168.0.10/32", "local-host", dst_node="node1", dst_node_ip="192.168.0.10"),
+        RouteUpdate("192.168.0.11/32", "remote-host", dst_node="node2", dst_node_ip="192.168.0.11"),
+        VTEPUpdate("node3", "10.65.3.0", "66:00:00:00:00:03", "192.168.1.12"),
+        HostEndpointUpdate("node1/all", "*", ()),
+        config=ConfigUpdate(failsafe_inbound=(), failsafe_outbound=()),
+    )
+
+
 SAMPLES = {
     "basic": basic, "tiers_and_pass": tiers_and_pass, "profiles": profiles,
     "named_ports": named_ports, "log_rules": log_rules, "host_endpoint": host_endpoint,
     "do_not_track": do_not_track, "nat_outgoing": nat_outgoing, "merged_rules": merged_rules,
+    "tunnels": tunnels,
 }
 
 
