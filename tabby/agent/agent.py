@@ -24,6 +24,7 @@ leaves the kernel state (and BIRD) in place for the next agent to adopt.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -140,6 +141,8 @@ class Agent:
         self._node_ips: dict[str, str] = {}  # node -> underlay IPv4 (IPIP allowed senders)
         self._peers_dirty = False
         self._ipip: Any = None  # the IP-in-IP dataplane, made before registration
+        # Without one: a previous run's IP-in-IP routes and filters, removed once (run()).
+        self._stale_ipip: DataplaneState | None = None
         self._annotations: dict[str, str | None] = {}  # Node annotations we manage
         self._registrar_wake = threading.Event()
         self._registrar: threading.Thread | None = None
@@ -187,6 +190,10 @@ class Agent:
             # IPIP first: registration announces who programs IPIP routes (an annotation
             # BGP reads). Building it reads files only; nothing touches the kernel yet.
             self._ipip = self._make_ipip()
+            if self._ipip is None:  # a previous run's IP-in-IP state may be left
+                with contextlib.suppress(ImportError):  # (a build without IPIP made none)
+                    from tabby.dataplane.ipip import remove_stale
+                    self._stale_ipip = DataplaneState("stale-ipip", remove_stale)
             if not self._register_first():
                 return 0
             self._build_dataplanes()
@@ -317,6 +324,23 @@ class Agent:
             return None
         self._annotations = dict(dp.annotations())
         return dp
+
+    def _remove_stale_ipip(self, st: DataplaneState, now: float) -> None:
+        """Without an IPIP dataplane nothing owns a previous run's proto-81 routes and
+        tabby-ipip filters: removed once, after the first complete sync, ahead of the routes
+        driver (a block moving to a plain route finds its destination free)."""
+        assert self.underlay is not None
+        try:
+            removed = st.driver(None, self.underlay.ifname)
+        except Exception as exc:
+            delay = self._failed(st, now, exc)
+            log.warning("removing stale IP-in-IP state failed, retrying",
+                        extra=ctx(error=st.last_error, retry_in=delay, failures=st.failures))
+            return
+        if removed:
+            log.info("removed a previous run's IP-in-IP state", extra=ctx(
+                routes=len(removed.routes), filters=removed.filters))
+        self._stale_ipip = None
 
     def _bgp_wanted(self) -> bool:
         if self.cfg.bgp is None:
@@ -495,6 +519,9 @@ class Agent:
         if self._peers_dirty:
             self._update_peers()
         now = time.monotonic()
+        stale = self._stale_ipip
+        if stale is not None and now >= stale.retry_at:
+            self._remove_stale_ipip(stale, now)
         for dp in self.dataplanes:
             if now < dp.retry_at:
                 continue
@@ -503,8 +530,8 @@ class Agent:
                     or (wake is not None and wake <= now)):
                 continue
             self._apply_one(dp, now)
-        clean = all(dp.applied_once and not dp.failures and not dp.pending
-                    for dp in self.dataplanes)
+        clean = self._stale_ipip is None and all(
+            dp.applied_once and not dp.failures and not dp.pending for dp in self.dataplanes)
         if clean:
             self.applied_revision = self.revision
         if clean and self._unapplied_since is not None:
@@ -522,10 +549,7 @@ class Agent:
         try:
             result = dp.driver.apply()
         except Exception as exc:
-            dp.failures += 1
-            delay = min(self.cfg.apply_backoff_max, BACKOFF_INITIAL * 2 ** (dp.failures - 1))
-            dp.retry_at = now + delay
-            dp.last_error = f"{type(exc).__name__}: {exc}"
+            delay = self._failed(dp, now, exc)
             self.metrics.apply_errors.inc(dataplane=dp.name)
             log.warning("dataplane apply failed; the previous state stays, retrying",
                         extra=ctx(dataplane=dp.name, error=dp.last_error, retry_in=delay,
@@ -550,6 +574,14 @@ class Agent:
             if mode in ("full", "delta") and seconds > 0.05:
                 log.info("dataplane applied", extra=ctx(dataplane=dp.name, mode=mode,
                                                         seconds=round(seconds, 4)))
+
+    def _failed(self, dp: DataplaneState, now: float, exc: Exception) -> float:
+        """Count a failure, schedule the retry with backoff; returns the delay."""
+        dp.failures += 1
+        delay = min(self.cfg.apply_backoff_max, BACKOFF_INITIAL * 2 ** (dp.failures - 1))
+        dp.retry_at = now + delay
+        dp.last_error = f"{type(exc).__name__}: {exc}"
+        return delay
 
     # --- health ---------------------------------------------------------------------------
 
@@ -576,6 +608,9 @@ class Agent:
         for dp in self.dataplanes:
             if dp.failures:
                 reasons.append(f"{dp.name} apply failing: {dp.last_error}")
+        stale = self._stale_ipip
+        if stale is not None and stale.failures:
+            reasons.append(f"removing stale IP-in-IP state failing: {stale.last_error}")
         return not reasons, {"reasons": reasons, "revision": self.revision,
                              "applied_revision": self.applied_revision}
 

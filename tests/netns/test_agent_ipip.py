@@ -3,7 +3,8 @@ namespaces: a node with no workloads reaches workloads of other nodes (every Nod
 allowed sender, not only nodes that own blocks), and a pool switching Always ->
 CrossSubnet -> Never -> Always converges at each step - traffic flows, each destination
 has exactly one route of the right driver (IPIP proto 81 / routes proto 80), and nothing of
-IP-in-IP (programs, maps, routes) is left while no pool wants it."""
+IP-in-IP (programs, maps, routes) is left while no pool wants it; a restart without an IPIP
+dataplane removes the previous run's routes and filters, and nothing else."""
 
 from __future__ import annotations
 
@@ -188,3 +189,97 @@ def test_bird_leaves_ipip_routes_to_the_agent(topology: Callable[..., Any], tmp_
     wait_for("the new agent's BGP status", lambda: json.loads(status_file.read_text())
              .get("bird_starts") == 0)
     assert str(json.loads(status_file.read_text())["bird_pid"]) == pid
+
+
+def foreign_state(lab: AgentLab, node: str) -> dict[str, list[str]]:
+    """What is on `node` besides the IP-in-IP state: every route that is not ours (all
+    tables) and every tc filter and qdisc that is not a tabby-ipip one."""
+    n = lab.nodes[node]
+    routes = nsops.run(n.netns, ["ip", "route", "show", "table", "all"]).stdout.splitlines()
+    tc = [nsops.run(n.netns, ["tc", "filter", "show", "dev", n.underlay_if, d]).stdout
+          for d in ("ingress", "egress")]
+    qdiscs = nsops.run(n.netns, ["tc", "qdisc", "show", "dev", n.underlay_if]).stdout
+    ours = f"proto {IPIP_ROUTE_PROTO} "
+    return {"routes": sorted(r for r in routes if ours not in r + " " or "table" in r),
+            "filters": sorted(line for text in tc for line in text.splitlines()
+                              if "tabby-ipip" not in line and "pref 1963 " not in line),
+            "qdiscs": sorted(qdiscs.splitlines())}
+
+
+def test_restart_without_ipip_removes_the_previous_runs_state(
+        topology: Callable[..., Any], tmp_path: Path, bpf_object: Path) -> None:
+    """A run with BPF IP-in-IP, SIGTERM, then a run without an IPIP dataplane: once ready,
+    no proto-81 route (main table) and no tabby-ipip filter is left on the node, and nothing
+    else is gone. First with `--ipip off` on an Always pool (the block stays unrouted: a
+    problem, not a stale route), then with the pool switched to Never while the agent was
+    down (the block's plain route replaces the IP-in-IP one and traffic flows)."""
+    lab = AgentLab.make(topology(), tmp_path, nodes=2, pool=IPIP_POOL)
+    for n in lab.nodes:
+        lab.start_agent(n, "--ipip", "bpf")
+    lab.wait_ready()
+    a, b = lab.add_pod("n1", "a"), lab.add_pod("n2", "b")
+    ProbeServer.start(b.netns, tcp=[8080], udp=[], topology=lab.topo)
+    n1, n2 = lab.nodes["n1"], lab.nodes["n2"]
+
+    def run_with_ipip() -> None:
+        lab.start_agent("n1", "--ipip", "bpf")
+        converge(lab)
+        before = read_counters(n1.netns, n1.underlay_if)["encap_packets"]
+        assert wait_for("a -> b over IP-in-IP", lambda: probe(a.netns, b.ip, "tcp", 8080))
+        assert read_counters(n1.netns, n1.underlay_if)["encap_packets"] > before
+        assert block_route(lab, "n1", b.ip) == [(str(IPIP_ROUTE_PROTO), n2.ip, n1.underlay_if)]
+        assert len(our_filters(lab, "n1")) == 2
+        lab.stop_agent("n1")
+        # SIGTERM leaves the dataplane as programmed.
+        assert block_route(lab, "n1", b.ip) == [(str(IPIP_ROUTE_PROTO), n2.ip, n1.underlay_if)]
+        assert len(our_filters(lab, "n1")) == 2
+
+    def proto81() -> str:
+        return nsops.run(n1.netns, ["ip", "route", "show", "proto", str(IPIP_ROUTE_PROTO)]).stdout
+
+    converge(lab)
+    lab.stop_agent("n1")
+    run_with_ipip()
+    # Someone else's state that looks a little like ours: a proto-81 route outside the main
+    # table, a route with another protocol, tc filters of another kind around our priority.
+    for argv in (
+        ["ip", "route", "add", "198.51.100.0/24", "via", n2.ip, "dev", n1.underlay_if,
+         "proto", str(IPIP_ROUTE_PROTO), "table", "100"],
+        ["ip", "route", "add", "198.51.101.0/24", "via", n2.ip, "dev", n1.underlay_if,
+         "proto", "99"],
+        ["tc", "filter", "add", "dev", n1.underlay_if, "ingress", "pref", "2000", "protocol",
+         "ip", "u32", "match", "u32", "0", "0", "classid", "1:1"],
+        ["tc", "filter", "add", "dev", n1.underlay_if, "egress", "pref", "2000", "protocol",
+         "ip", "u32", "match", "u32", "0", "0", "classid", "1:1"],
+    ):
+        nsops.run(n1.netns, argv)
+    others = foreign_state(lab, "n1")
+    assert any("198.51.100.0/24" in r for r in others["routes"])
+    assert len(others["filters"]) >= 2 and any("clsact" in q for q in others["qdiscs"])
+
+    lab.start_agent("n1", "--ipip", "off")
+    lab.wait_ready(["n1"])
+    assert proto81() == "" and our_filters(lab, "n1") == []
+    assert foreign_state(lab, "n1") == others  # nothing else removed (or added)
+    problems = lab.status("n1")["dataplanes"]["routes"]["problems"]
+    assert any("IPIP" in why or "IP-in-IP" in why for why in problems.values()), problems
+    lab.stop_agent("n1")
+
+    # Again with IP-in-IP, then the pool goes Never while n1 is down: the restarted agent
+    # (still without an IPIP dataplane) hands the block over to a plain route.
+    run_with_ipip()
+    lab.apply({"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
+               "metadata": {"name": "default-ipv4-ippool"},
+               "spec": {"cidr": "10.65.0.0/16", "vxlanMode": "Never", "ipipMode": "Never"}})
+    converge(lab)  # n2 only
+    lab.start_agent("n1", "--ipip", "off")
+    converge(lab)
+    assert proto81() == "" and our_filters(lab, "n1") == []
+    assert block_route(lab, "n1", b.ip) == [(str(ROUTE_PROTO), n2.ip, n1.underlay_if)]
+    assert lab.status("n1")["dataplanes"]["routes"]["problems"] == {}
+    assert wait_for("a -> b without IP-in-IP", lambda: probe(a.netns, b.ip, "tcp", 8080))
+    after = foreign_state(lab, "n1")
+    for r in others["routes"]:
+        if "198.51.10" in r:
+            assert r in after["routes"]
+    assert after["filters"] == others["filters"] and after["qdiscs"] == others["qdiscs"]

@@ -8,6 +8,7 @@ from tabby.dataplane.ipip.bpf_path import read_counters
 from tabby.dataplane.ipip.dataplane import ANNOTATION, IpipDataplane, IpipError, IpipStatus
 from tabby.dataplane.ipip.kernel_support import detect
 from tabby.dataplane.ipip.routes import IPIP_ROUTE_PROTO
+from tabby.dataplane.ipip.stale import StaleRemoved, remove_stale
 
 __all__ = [
     "ANNOTATION",
@@ -15,6 +16,8 @@ __all__ = [
     "IpipDataplane",
     "IpipError",
     "IpipStatus",
+    "StaleRemoved",
     "detect",
     "read_counters",
+    "remove_stale",
 ]
