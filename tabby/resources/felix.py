@@ -51,26 +51,27 @@ class ProtoPort(TabbyModel):
     net: CIDR | None = None
 
 
-class RouteTableRange(TabbyModel):
+class _TableRange(TabbyModel):
+    """A min..max range of route tables; subclasses set the bounds of each end."""
+
+    min: int
+    max: int
+
+    @model_validator(mode="after")
+    def _order(self) -> _TableRange:
+        if self.min > self.max:
+            raise FieldError("max", f"route table range max {self.max} is below min {self.min}")
+        return self
+
+
+class RouteTableRange(_TableRange):
     min: Annotated[int, _int_range(1, 250, "route table")]
     max: Annotated[int, _int_range(1, 250, "route table")]
 
-    @model_validator(mode="after")
-    def _order(self) -> RouteTableRange:
-        if self.min > self.max:
-            raise FieldError("max", f"route table range max {self.max} is below min {self.min}")
-        return self
 
-
-class RouteTableIDRange(TabbyModel):
+class RouteTableIDRange(_TableRange):
     min: Annotated[int, _int_range(1, 0xFFFFFFFF, "route table")]
     max: Annotated[int, _int_range(1, 0xFFFFFFFF, "route table")]
-
-    @model_validator(mode="after")
-    def _order(self) -> RouteTableIDRange:
-        if self.min > self.max:
-            raise FieldError("max", f"route table range max {self.max} is below min {self.min}")
-        return self
 
 
 class HealthTimeoutOverride(TabbyModel):
