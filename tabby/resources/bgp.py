@@ -25,6 +25,7 @@ from .common import (
     check_interface_name,
     check_ipv4,
     check_ipv6,
+    int_range,
 )
 from .errors import FieldError, show
 from .meta import Resource
@@ -59,15 +60,6 @@ def _check_peer_ip(value: Any) -> str:
     return value
 
 
-def _int_range(lo: int, hi: int, what: str) -> Any:
-    def check(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise ValueError(f"invalid {what} {show(value)} (want {lo}-{hi})")
-        return value
-
-    return BeforeValidator(check)
-
-
 class SecretKeySelector(TabbyModel):
     name: str | None = None
     key: str
@@ -90,9 +82,9 @@ class BGPPeerSpec(TabbyModel):
     sourceAddress: Literal["UseNodeIP", "None"] | None = None
     maxRestartTime: Duration | None = None
     numAllowedLocalASNumbers: (
-        Annotated[int, _int_range(0, 255, "numAllowedLocalASNumbers")] | None
+        Annotated[int, int_range(0, 255, "numAllowedLocalASNumbers")] | None
     ) = None
-    ttlSecurity: Annotated[int, _int_range(0, 255, "ttlSecurity")] | None = None
+    ttlSecurity: Annotated[int, int_range(0, 255, "ttlSecurity")] | None = None
     reachableBy: IP | None = None
     filters: list[Name] | None = None
     localWorkloadSelector: Selector | None = None
@@ -223,7 +215,7 @@ class BGPConfigurationSpec(TabbyModel):
     serviceClusterIPs: list[CIDRBlock] | None = None
     communities: list[Community] | None = None
     prefixAdvertisements: list[PrefixAdvertisement] | None = None
-    listenPort: Annotated[int, _int_range(1, 65535, "listenPort")] | None = None
+    listenPort: Annotated[int, int_range(1, 65535, "listenPort")] | None = None
     nodeMeshPassword: BGPPassword | None = None
     nodeMeshMaxRestartTime: Duration | None = None
     bindMode: Literal["None", "NodeIP"] | None = None
@@ -231,10 +223,10 @@ class BGPConfigurationSpec(TabbyModel):
     localWorkloadPeeringIPV4: Annotated[str, BeforeValidator(check_ipv4)] | None = None
     localWorkloadPeeringIPV6: Annotated[str, BeforeValidator(check_ipv6)] | None = None
     serviceLoadBalancerAggregation: Literal["Enabled", "Disabled"] | None = None
-    ipv4NormalRoutePriority: Annotated[int, _int_range(1, 2147483646, "route priority")] | None = (
+    ipv4NormalRoutePriority: Annotated[int, int_range(1, 2147483646, "route priority")] | None = (
         None
     )
-    ipv6NormalRoutePriority: Annotated[int, _int_range(1, 2147483646, "route priority")] | None = (
+    ipv6NormalRoutePriority: Annotated[int, int_range(1, 2147483646, "route priority")] | None = (
         None
     )
 

@@ -58,6 +58,17 @@ def _need_str(value: Any, what: str) -> str:
     return value
 
 
+def int_range(lo: int, hi: int, what: str) -> Any:
+    """A validator for a whole number in lo..hi (booleans refused), naming `what` on error."""
+
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ValueError(f"invalid {what} {show(value)} (want {lo}-{hi})")
+        return value
+
+    return BeforeValidator(check)
+
+
 def check_name(value: Any) -> str:
     """A DNS-1123 subdomain: the name format of most v3 resources."""
     name = _need_str(value, "a name")

@@ -23,22 +23,13 @@ from .common import (
     Port,
     TabbyModel,
     check_cidr_v4,
+    int_range,
 )
 from .errors import FieldError, show
 from .meta import Resource
 
-
-def _int_range(lo: int, hi: int, what: str) -> Any:
-    def check(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise ValueError(f"invalid {what} {show(value)} (want {lo}-{hi})")
-        return value
-
-    return BeforeValidator(check)
-
-
-PortInt = Annotated[int, _int_range(0, 65535, "port")]
-MTU = Annotated[int, _int_range(68, 65535, "MTU")]
+PortInt = Annotated[int, int_range(0, 65535, "port")]
+MTU = Annotated[int, int_range(68, 65535, "MTU")]
 LogLevel = Literal["Trace", "Debug", "Info", "Warning", "Error", "Fatal"]
 OnOff = Literal["Enabled", "Disabled"]
 
@@ -65,13 +56,13 @@ class _TableRange(TabbyModel):
 
 
 class RouteTableRange(_TableRange):
-    min: Annotated[int, _int_range(1, 250, "route table")]
-    max: Annotated[int, _int_range(1, 250, "route table")]
+    min: Annotated[int, int_range(1, 250, "route table")]
+    max: Annotated[int, int_range(1, 250, "route table")]
 
 
 class RouteTableIDRange(_TableRange):
-    min: Annotated[int, _int_range(1, 0xFFFFFFFF, "route table")]
-    max: Annotated[int, _int_range(1, 0xFFFFFFFF, "route table")]
+    min: Annotated[int, int_range(1, 0xFFFFFFFF, "route table")]
+    max: Annotated[int, int_range(1, 0xFFFFFFFF, "route table")]
 
 
 class HealthTimeoutOverride(TabbyModel):
@@ -186,7 +177,7 @@ class FelixConfigurationSpec(TabbyModel):
     vxlanMTU: MTU | None = None
     vxlanMTUV6: MTU | None = None
     vxlanPort: PortInt | None = None
-    vxlanVNI: Annotated[int, _int_range(1, 16777215, "VXLAN VNI")] | None = None
+    vxlanVNI: Annotated[int, int_range(1, 16777215, "VXLAN VNI")] | None = None
     allowVXLANPacketsFromWorkloads: bool | None = None
     allowIPIPPacketsFromWorkloads: bool | None = None
     reportingInterval: Duration | None = None
@@ -194,8 +185,8 @@ class FelixConfigurationSpec(TabbyModel):
     endpointReportingEnabled: bool | None = None
     endpointReportingDelay: Duration | None = None
     endpointStatusPathPrefix: str | None = None
-    iptablesMarkMask: Annotated[int, _int_range(0, 0xFFFFFFFF, "mark mask")] | None = None
-    nftablesMarkMask: Annotated[int, _int_range(0, 0xFFFFFFFF, "mark mask")] | None = None
+    iptablesMarkMask: Annotated[int, int_range(0, 0xFFFFFFFF, "mark mask")] | None = None
+    nftablesMarkMask: Annotated[int, int_range(0, 0xFFFFFFFF, "mark mask")] | None = None
     disableConntrackInvalidCheck: bool | None = None
     healthEnabled: bool | None = None
     healthHost: str | None = None
@@ -216,7 +207,7 @@ class FelixConfigurationSpec(TabbyModel):
     natOutgoingAddress: IPv4 | None = None
     deviceRouteSourceAddress: IPv4 | None = None
     deviceRouteSourceAddressIPv6: IPv6 | None = None
-    deviceRouteProtocol: Annotated[int, _int_range(0, 255, "route protocol")] | None = None
+    deviceRouteProtocol: Annotated[int, int_range(0, 255, "route protocol")] | None = None
     removeExternalRoutes: bool | None = None
     programClusterRoutes: OnOff | None = None
     ipForwarding: OnOff | None = None
