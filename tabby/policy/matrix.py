@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from tabby.policy.match import Flow, Matcher, Peer
 from tabby.policy.model import EGRESS, INGRESS, Endpoint, PolicySet
 from tabby.policy.resolve import TierPolicies
-from tabby.policy.rules import EntityMatch
+from tabby.policy.rules import EntityMatch, Rule
 
 
 class _Masks:
@@ -51,6 +51,16 @@ def _walk(ps: PolicySet, m: Matcher, masks: _Masks, chain: Sequence[TierPolicies
     egress = direction == EGRESS
     # The local endpoint's own side of each rule is a scalar test; the remote side a mask.
     local_port = flow.src_port if egress else flow.dst_port
+
+    def hits(rule: Rule, live: int) -> int:
+        """The live remote peers `rule` matches; 0 for Log rules, which decide nothing."""
+        if rule.action == "Log" or not m.flow_ok(rule, flow):
+            return 0
+        local_entity = rule.source if egress else rule.destination
+        if not m.entity_matches(local_entity, local, local_port, flow):
+            return 0
+        return masks.mask(rule.destination if egress else rule.source, not egress) & live
+
     undecided = masks.all
     allowed = 0
     for tp in chain:
@@ -60,12 +70,7 @@ def _walk(ps: PolicySet, m: Matcher, masks: _Masks, chain: Sequence[TierPolicies
             for rule in pol.rules(direction):
                 if not live:
                     break
-                if rule.action == "Log" or not m.flow_ok(rule, flow):
-                    continue
-                local_entity = rule.source if egress else rule.destination
-                if not m.entity_matches(local_entity, local, local_port, flow):
-                    continue
-                hit = masks.mask(rule.destination if egress else rule.source, not egress) & live
+                hit = hits(rule, live)
                 if not hit:
                     continue
                 live &= ~hit
@@ -86,12 +91,9 @@ def _walk(ps: PolicySet, m: Matcher, masks: _Masks, chain: Sequence[TierPolicies
         for rule in prof.rules(direction):
             if not live:
                 break
-            if rule.action == "Log" or not m.flow_ok(rule, flow):
+            hit = hits(rule, live)
+            if not hit:
                 continue
-            local_entity = rule.source if egress else rule.destination
-            if not m.entity_matches(local_entity, local, local_port, flow):
-                continue
-            hit = masks.mask(rule.destination if egress else rule.source, not egress) & live
             live &= ~hit
             if rule.action == "Allow":
                 allowed |= hit
