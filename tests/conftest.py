@@ -8,11 +8,13 @@ tests that build namespaces another way and removes leftovers by exact name.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import secrets
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +32,49 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if ROOT_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.root)
+
+
+# Worker processes in tests start from a fresh interpreter ("spawn"), never fork(): a fork
+# taken while another thread is inside SQLite (a watch poller, say) copies its held mutex
+# into the child, which then blocks for ever in sqlite3_open -- and multiprocessing's exit
+# handler waits for every non-daemon child, so the whole run hangs after its summary.
+SPAWN = multiprocessing.get_context("spawn")
+CHILD_WAIT = 120.0
+
+
+@pytest.fixture
+def child_procs() -> Iterator[Callable[..., BaseProcess]]:
+    """`start(target, *args)` runs target(*args) in a spawned daemon process and returns
+    it; every child still alive at teardown is killed (and fails the test)."""
+    started: list[BaseProcess] = []
+
+    def start(target: Callable[..., object], *args: object) -> BaseProcess:
+        proc = SPAWN.Process(target=target, args=args, daemon=True)
+        proc.start()
+        started.append(proc)
+        return proc
+
+    yield start
+    alive = []
+    for proc in started:
+        proc.join(CHILD_WAIT if proc.exitcode is None else 0)
+        if proc.is_alive():
+            alive.append(proc.pid)
+            proc.kill()
+            proc.join()
+    assert not alive, f"child processes still running at teardown (killed): {alive}"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # Last line of defence: a child left running would keep the interpreter from exiting.
+    left = multiprocessing.active_children()
+    for proc in left:
+        proc.kill()
+        proc.join(10)
+    if left:
+        print(f"\nkilled {len(left)} child process(es) left running by tests: "
+              f"{[p.pid for p in left]}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def _root_missing() -> str | None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
+import os
 import queue
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -267,14 +268,11 @@ def test_watch_close_from_another_thread_ends_iteration(
 
 
 def test_watch_from_another_process(
-    datastore_url: str, datastore: Datastore, ds_prefix: str
+    datastore_url: str, datastore: Datastore, ds_prefix: str, child_procs: Any
 ) -> None:
     start = datastore.revision() + 1
     with _collect(datastore, ds_prefix, start) as c:
-        child = multiprocessing.get_context("fork").Process(
-            target=_write_keys, args=(datastore_url, ds_prefix, 20)
-        )
-        child.start()
+        child = child_procs(_write_keys, datastore_url, ds_prefix, 20)
         events = c.take(20)
         child.join(WAIT)
         assert child.exitcode == 0
@@ -342,14 +340,11 @@ def _increment_worker(url: str, key: str, n: int) -> None:
 
 
 def test_cas_increments_from_8_processes_lose_nothing(
-    datastore_url: str, datastore: Datastore, ds_prefix: str
+    datastore_url: str, datastore: Datastore, ds_prefix: str, child_procs: Any
 ) -> None:
     key = ds_prefix + "counter"
     datastore.create(key, b"0")
-    ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_increment_worker, args=(datastore_url, key, 50)) for _ in range(8)]
-    for p in procs:
-        p.start()
+    procs = [child_procs(_increment_worker, datastore_url, key, 50) for _ in range(8)]
     for p in procs:
         p.join(120)
     assert [p.exitcode for p in procs] == [0] * 8
@@ -377,19 +372,30 @@ def test_one_store_shared_by_threads(datastore: Datastore, ds_prefix: str) -> No
     assert datastore.get(key).value == b"100"  # type: ignore[union-attr]
 
 
-def _use_inherited(ds: Datastore, key: str) -> None:
-    ds.create(key, b"from child")
+def _fork_and_use_inherited(url: str, prefix: str) -> None:
+    # Runs in a fresh single-threaded interpreter, so the fork below is the one under test
+    # and no other thread can be holding a lock at that moment.
+    with open_datastore(url) as ds:
+        ds.create(prefix + "parent", b"")
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                ds.create(prefix + "child", b"from child")
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, "the forked child could not write"
+        ds.create(prefix + "parent-again", b"")  # the parent's connection still works
 
 
-def test_store_opened_before_fork_works_in_child(datastore: Datastore, ds_prefix: str) -> None:
+def test_store_opened_before_fork_works_in_child(
+    datastore_url: str, datastore: Datastore, ds_prefix: str, child_procs: Any
+) -> None:
     """A forked child (a CNI plugin helper, a test worker) gets its own connections."""
-    datastore.create(ds_prefix + "parent", b"")
-    child = multiprocessing.get_context("fork").Process(
-        target=_use_inherited, args=(datastore, ds_prefix + "child")
-    )
-    child.start()
-    child.join(WAIT)
-    assert child.exitcode == 0
+    proc = child_procs(_fork_and_use_inherited, datastore_url, ds_prefix)
+    proc.join(WAIT)
+    assert proc.exitcode == 0
     assert datastore.get(ds_prefix + "child").value == b"from child"  # type: ignore[union-attr]
-    datastore.create(ds_prefix + "parent-again", b"")  # the parent's connection still works
     assert len(datastore.list(ds_prefix)[0]) == 3

@@ -66,13 +66,10 @@ def _open_and_create(path: str, i: int, go: Any) -> None:
         ds.create(f"/p/{i}", b"")
 
 
-def test_first_open_by_many_processes(tmp_path: Path) -> None:
+def test_first_open_by_many_processes(tmp_path: Path, child_procs: Any) -> None:
     path = str(tmp_path / "sub" / "fresh.db")
-    ctx = multiprocessing.get_context("fork")
-    go = ctx.Event()  # all open the fresh file at once: switching it to WAL races
-    procs = [ctx.Process(target=_open_and_create, args=(path, i, go)) for i in range(8)]
-    for p in procs:
-        p.start()
+    go = multiprocessing.get_context("spawn").Event()  # all open the fresh file at once: switching it to WAL races
+    procs = [child_procs(_open_and_create, path, i, go) for i in range(8)]
     go.set()
     for p in procs:
         p.join(60)

@@ -37,24 +37,12 @@ def _worker(url: str, proc: int, node: str, barrier: Any, out: Any, release_ever
         out.put(("error", proc, traceback.format_exc(), [], {}))
 
 
-def _run(url: str, nodes: list[str], release_every: int = 0) -> list[tuple[Any, ...]]:
-    ctx = multiprocessing.get_context("fork")
+def _run(start: Any, url: str, nodes: list[str], release_every: int = 0) -> list[tuple[Any, ...]]:
+    ctx = multiprocessing.get_context("spawn")  # see `child_procs`: never fork in tests
     barrier, out = ctx.Barrier(PROCS), ctx.Queue()
-    procs = [
-        ctx.Process(target=_worker, args=(url, p, nodes[p % len(nodes)], barrier, out,
-                                          release_every))
-        for p in range(PROCS)
-    ]
-    for p in procs:
-        p.start()
-    try:
-        results = [out.get(timeout=WAIT) for _ in procs]
-    finally:
-        for p in procs:
-            p.join(WAIT)
-            if p.is_alive():
-                p.kill()
-                p.join()
+    for p in range(PROCS):
+        start(_worker, url, p, nodes[p % len(nodes)], barrier, out, release_every)
+    results = [out.get(timeout=WAIT) for _ in range(PROCS)]
     errors = [r[2] for r in results if r[0] == "error"]
     assert not errors, errors[0]
     return results
@@ -78,9 +66,9 @@ def _check(ds: Datastore, results: list[tuple[Any, ...]], expect_held: int) -> I
 
 
 @pytest.mark.slow
-def test_many_processes_one_node(ds: Datastore, datastore_url: str) -> None:
+def test_many_processes_one_node(ds: Datastore, datastore_url: str, child_procs: Any) -> None:
     put_pool(ds, "p1", "10.70.0.0/22")
-    results = _run(datastore_url, ["node-a"])
+    results = _run(child_procs, datastore_url, ["node-a"])
     ipam = _check(ds, results, PROCS * PER_PROC)
     owned = [b for b, _ in ipam.store.list_blocks()]
     assert all(b.host == "node-a" for b in owned)
@@ -88,20 +76,20 @@ def test_many_processes_one_node(ds: Datastore, datastore_url: str) -> None:
 
 
 @pytest.mark.slow
-def test_many_processes_many_nodes(ds: Datastore, datastore_url: str) -> None:
+def test_many_processes_many_nodes(ds: Datastore, datastore_url: str, child_procs: Any) -> None:
     put_pool(ds, "p1", "10.70.0.0/22")
     nodes = [f"node-{i}" for i in range(PROCS)]
-    results = _run(datastore_url, nodes)
+    results = _run(child_procs, datastore_url, nodes)
     ipam = _check(ds, results, PROCS * PER_PROC)
     by_node = {b.host: b.in_use for b, _ in ipam.store.list_blocks()}
     assert by_node == dict.fromkeys(nodes, PER_PROC)  # each node filled its own block
 
 
 @pytest.mark.slow
-def test_concurrent_assign_and_release(ds: Datastore, datastore_url: str) -> None:
+def test_concurrent_assign_and_release(ds: Datastore, datastore_url: str, child_procs: Any) -> None:
     # A small pool under churn: 4 nodes share 4 blocks, releases interleave with claims.
     put_pool(ds, "p1", "10.70.0.0/24")
-    results = _run(datastore_url, ["node-a", "node-b", "node-c", "node-d"], release_every=3)
+    results = _run(child_procs, datastore_url, ["node-a", "node-b", "node-c", "node-d"], release_every=3)
     released = [ip for r in results for ip in r[3]]
     assert len(released) == PROCS * 9  # i = 0, 3, ..., 24
     _check(ds, results, PROCS * (PER_PROC - 9))
