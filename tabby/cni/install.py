@@ -77,6 +77,9 @@ def conflist(
         plugin["log_file"] = log_file
         plugin["log_level"] = "info"
     plugin["ipam"] = {"type": "tabby-ipam", "assign_ipv4": True, "assign_ipv6": ipv6}
+    # Runtimes pass `--ip` / `--mac` (podman, containerd) in runtimeConfig only to plugins
+    # that declare these capabilities.
+    plugin["capabilities"] = {"ips": True, "mac": True}
     return {
         "name": name,
         "cniVersion": CONF_VERSION,

@@ -75,16 +75,28 @@ def assign(nc: NetConf, ds: Datastore, stats: dict[str, int] | None = None) -> l
     ipam = IPAM(ds)
     handle = nc.handle
     want = {4: int(nc.assign_v4), 6: int(nc.assign_v6)}
+    requested = nc.requested_ips
     try:
         held = ipam.ips_by_handle(handle)
         if held:
-            if {v: sum(1 for ip in held if ip.version == v) for v in (4, 6)} == want:
+            if (sorted(str(ip) for ip in held) == sorted(requested) if requested else
+                    {v: sum(1 for ip in held if ip.version == v) for v in (4, 6)} == want):
                 nc.log.info(f"handle {handle} already holds {[str(i) for i in held]}: reusing")
                 return _with_block(ipam, held)
             ipam.release_by_handle(handle)  # wrong shape (config changed): start again
         attrs = nc.attrs()
         got: list[Interface] = []
-        if nc.v4_pools or nc.v6_pools:
+        if requested:
+            taken = []
+            try:
+                for ip in requested:
+                    taken.append(ipam.assign_ip(ip, handle, attrs, node=nc.nodename))
+            except BaseException:
+                if taken:
+                    ipam.release_by_handle(handle)
+                raise
+            got = _with_block(ipam, taken)
+        elif nc.v4_pools or nc.v6_pools:
             # Requested pools apply per IP version (an empty list means "any").
             try:
                 for version, pools in ((4, nc.v4_pools), (6, nc.v6_pools)):

@@ -20,6 +20,13 @@ orchestrator is "k8s" (profiles default to ["kns.<namespace>"]), otherwise "cni"
 workload defaults to K8S_POD_NAME or the container ID, the profile to the network name).
 `args.tabby` wins over CNI_ARGS. Every endpoint also gets Calico's automatic labels
 projectcalico.org/namespace and projectcalico.org/orchestrator.
+
+A runtime may ask for given addresses and a MAC (the CNI conventions' "ips" and "mac"
+capabilities, which `tabby cni install` declares): `runtimeConfig.ips` / `runtimeConfig.mac`,
+else `args.cni.ips` / `args.cni.mac`, else CNI_ARGS `IP=a[,b]` / `MAC=` (what calico-ipam
+and the reference static IPAM plugin read). Requested addresses replace automatic
+assignment: each must lie in an enabled IP pool and be free (IPAM claims its block for this
+node if nobody has, else borrows it unless strictAffinity).
 """
 
 from __future__ import annotations
@@ -68,6 +75,55 @@ def _str_list(value: Any, field: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise _invalid(field, value, "expected a list of strings")
     return list(value)
+
+
+def _sources(conf: dict[str, Any], env: spec.Env, key: str, cni_arg: str) -> tuple[str, Any]:
+    """(field, value) of the first of runtimeConfig.<key>, args.cni.<key>, CNI_ARGS <cni_arg>
+    that is given; ("", None) when none is."""
+    runtime = conf.get("runtimeConfig")
+    if runtime is not None and not isinstance(runtime, dict):
+        raise _invalid("runtimeConfig", runtime, "expected an object")
+    args = conf.get("args")
+    cni = args.get("cni") if isinstance(args, dict) else None
+    for field, holder in ((f"runtimeConfig.{key}", runtime), (f"args.cni.{key}", cni)):
+        if isinstance(holder, dict) and holder.get(key) not in (None, [], ""):
+            return field, holder[key]
+    if env.args.get(cni_arg):
+        return f"CNI_ARGS {cni_arg}", env.args[cni_arg]
+    return "", None
+
+
+def _requested_ips(conf: dict[str, Any], env: spec.Env) -> list[str]:
+    field, value = _sources(conf, env, "ips", "IP")
+    if value is None:
+        return []
+    items = [v.strip() for v in value.split(",")] if field == "CNI_ARGS IP" else value
+    items = _str_list(items, field)
+    import ipaddress  # only when asked: not on every plugin exec
+
+    out: list[str] = []
+    for item in items:
+        try:
+            ip = str(ipaddress.ip_interface(item).ip)  # "10.0.0.5/24": the prefix is ignored
+        except ValueError:
+            raise _invalid(field, item, "expected an IP address") from None
+        if ip in out:
+            raise _invalid(field, item, "address listed twice")
+        out.append(ip)
+    return out
+
+
+def _requested_mac(conf: dict[str, Any], env: spec.Env) -> str | None:
+    field, value = _sources(conf, env, "mac", "MAC")
+    if value is None:
+        return None
+    octets = value.split(":") if isinstance(value, str) else []
+    if len(octets) != 6 or not all(len(o) == 2 and all(c in "0123456789abcdefABCDEF" for c in o)
+                                   for o in octets):
+        raise _invalid(field, value, "expected a MAC address like 0a:58:0a:f4:00:05")
+    if int(octets[0], 16) & 1:
+        raise _invalid(field, value, "a multicast MAC cannot be an interface address")
+    return value.lower()
 
 
 class NetConf:
@@ -122,6 +178,8 @@ class NetConf:
             )
         self.v4_pools = _str_list(ipam.get("ipv4_pools"), "ipam.ipv4_pools")
         self.v6_pools = _str_list(ipam.get("ipv6_pools"), "ipam.ipv6_pools")
+        self.requested_ips = _requested_ips(conf, env)
+        self.requested_mac = _requested_mac(conf, env)
         self._workload_identity(conf, env)
 
     def _workload_identity(self, conf: dict[str, Any], env: spec.Env) -> None:

@@ -127,7 +127,7 @@ def cmd_add(nc: NetConf) -> dict[str, Any]:
     if not os.path.exists(env.netns):
         raise CNIError(spec.ERR_UNKNOWN_CONTAINER, f"CNI_NETNS: {env.netns} does not exist")
     host_if = wire.host_ifname(env.container_id, env.ifname)
-    mac = wire.container_mac(env.container_id, env.ifname)
+    mac = nc.requested_mac or wire.container_mac(env.container_id, env.ifname)
     ds = open_ds(nc)
     try:
         addresses = _addresses(nc, ds)

@@ -180,6 +180,8 @@ KNOWN_CNI_ARGS = (
     "K8S_POD_NAME",
     "K8S_POD_INFRA_CONTAINER_ID",
     "K8S_POD_UID",
+    "IP",  # requested addresses, comma-separated (as calico-ipam and `static` read it)
+    "MAC",
 )
 
 

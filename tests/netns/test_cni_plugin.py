@@ -353,3 +353,38 @@ def test_foreign_interface_in_the_way(lab: CNILab) -> None:
     assert res.rc != 0 and res.code == 101 and "eth0 already exists" in res.msg
     assert lab.allocations() == [] and lab.node_links() == [] and lab.endpoints() == {}
     assert sorted(li["ifname"] for li in lab.ip(c, "link", "show")) == ["eth0", "lo", "other0"]
+
+
+def test_requested_address_and_mac(lab: CNILab) -> None:
+    # podman run --ip/--mac arrive as runtimeConfig (the conflist declares the capabilities).
+    c1, c2, c3 = (lab.container(n) for n in ("c1", "c2", "c3"))
+    conf = {**lab.conf, "runtimeConfig": {"ips": ["10.66.0.77/24"], "mac": "02:aa:bb:cc:dd:01"}}
+    out = lab.add("cid-ip1", c1, conf=conf).out
+    assert out is not None and [i["address"] for i in out["ips"]] == ["10.66.0.77/32"]
+    assert out["interfaces"][1]["mac"] == "02:aa:bb:cc:dd:01"
+    (eth0,) = lab.ip(c1, "addr", "show", "dev", "eth0")
+    assert eth0["address"] == "02:aa:bb:cc:dd:01"
+    assert [a["local"] for a in eth0["addr_info"] if a["family"] == "inet"] == ["10.66.0.77"]
+    assert lab.add("cid-ip1", c1, conf=conf).out["ips"] == out["ips"]  # type: ignore[index]
+    (alloc,) = lab.allocations()
+    assert (alloc["ip"], alloc["handle"]) == ("10.66.0.77", "tabby.cid-ip1")
+    lab.echo_server(lab.node_ip, 7003)
+    assert lab.tcp(c1, lab.node_ip, 7003) == "ok 10.66.0.77"
+
+    # The same address for another container (CNI_ARGS, as calico-ipam reads it): refused,
+    # nothing of the second attempt is left and the first keeps its address.
+    taken = lab.cni("ADD", "cid-ip2", c2, args="IgnoreUnknown=1;IP=10.66.0.77")
+    assert taken.rc != 0 and taken.code == 100 and "10.66.0.77" in taken.msg, taken.stdout
+    outside = lab.cni("ADD", "cid-ip3", c3, args="IP=10.99.0.1")
+    assert outside.rc != 0 and "10.99.0.1" in outside.msg and "pool" in outside.msg
+    bad = lab.cni("ADD", "cid-ip3", c3, args="IP=10.66.0.999")
+    assert bad.rc != 0 and bad.code == 7 and "CNI_ARGS IP" in bad.msg
+    for c in (c2, c3):
+        assert [li["ifname"] for li in lab.ip(c, "link", "show")] == ["lo"]
+    assert [a["ip"] for a in lab.allocations()] == ["10.66.0.77"]
+    assert lab.node_links() == [host_ifname("cid-ip1", "eth0")]
+
+    assert lab.cni("DEL", "cid-ip1", c1, conf=conf).rc == 0
+    assert lab.allocations() == [] and lab.node_links() == []
+    assert lab.add("cid-ip2", c2, args="IP=10.66.0.77").out["ips"][0]["address"] == (  # type: ignore[index]
+        "10.66.0.77/32")

@@ -144,13 +144,17 @@ def test_podman_containers_on_a_tabby_network(podman: Podman) -> None:
     before = _root_state()
     podman("run", "-d", "--name", "tcni-a", "--network", "tabby", IMAGE,
            "nc", "-ll", "-p", "8080", "-e", "echo", "hello-from-a")
-    podman("run", "-d", "--name", "tcni-b", "--network", "tabby", IMAGE, "sleep", "600")
+    # --ip / --mac-address reach the plugin as runtimeConfig (declared capabilities).
+    podman("run", "-d", "--name", "tcni-b", "--network", "tabby", "--ip", "10.66.0.99",
+           "--mac-address", "02:aa:00:00:00:99", IMAGE, "sleep", "600")
     info = {}
     for name in ("tcni-a", "tcni-b"):
         (data,) = json.loads(podman("inspect", name))
         podman.sandboxes.add(data["NetworkSettings"]["SandboxKey"])
         info[name] = data["NetworkSettings"]["Networks"]["tabby"]["IPAddress"]
-    assert info["tcni-a"] != info["tcni-b"]
+    assert info["tcni-a"] != info["tcni-b"] == "10.66.0.99"
+    macs = {d["spec"]["workload"]: d["spec"]["mac"] for d in lab.endpoints().values()}
+    assert macs["tcni-b"] == "02:aa:00:00:00:99"
     assert all(ip.startswith("10.66.0.") for ip in info.values())
     assert len(lab.node_links()) == 2 and len(lab.endpoints()) == 2
     workloads = sorted(d["spec"]["workload"] for d in lab.endpoints().values())

@@ -183,6 +183,51 @@ def test_netconf_errors_name_the_field(conf: dict[str, Any], code: int, words: s
     assert e.value.code == code and words in e.value.msg
 
 
+def test_requested_addresses_and_mac_by_precedence() -> None:
+    assert netconf().requested_ips == [] and netconf().requested_mac is None
+    by_args = netconf(CNI_ARGS="IgnoreUnknown=1;IP=10.66.0.9, fd00::9;MAC=0A:58:0A:F4:00:05")
+    assert by_args.requested_ips == ["10.66.0.9", "fd00::9"]
+    assert by_args.requested_mac == "0a:58:0a:f4:00:05"
+    conv = netconf({"args": {"cni": {"ips": ["10.66.0.8/24"], "mac": "02:00:00:00:00:08"}}},
+                   CNI_ARGS="IP=10.66.0.9")
+    assert conv.requested_ips == ["10.66.0.8"] and conv.requested_mac == "02:00:00:00:00:08"
+    runtime = netconf({"runtimeConfig": {"ips": ["10.66.0.7"], "mac": "02:00:00:00:00:07"},
+                       "args": {"cni": {"ips": ["10.66.0.8"]}}})
+    assert runtime.requested_ips == ["10.66.0.7"] and runtime.requested_mac == "02:00:00:00:00:07"
+    # An empty runtimeConfig list (a runtime that declares the capability but got no --ip)
+    # falls through to the next source.
+    assert netconf({"runtimeConfig": {"ips": []}}, CNI_ARGS="IP=10.66.0.9").requested_ips == [
+        "10.66.0.9"]
+
+
+@pytest.mark.parametrize(
+    ("conf", "env_args", "words"),
+    [
+        ({"runtimeConfig": {"ips": ["10.66.0.300"]}}, None, "runtimeConfig.ips: expected an IP"),
+        ({"runtimeConfig": {"ips": "10.66.0.3"}}, None, "runtimeConfig.ips: expected a list"),
+        ({"runtimeConfig": []}, None, "runtimeConfig: expected an object"),
+        ({"args": {"cni": {"ips": ["10.66.0.3", "10.66.0.3/32"]}}}, None, "listed twice"),
+        ({}, "IP=ten", "CNI_ARGS IP: expected an IP address (got 'ten')"),
+        ({"runtimeConfig": {"mac": "01:00:5e:00:00:01"}}, None, "multicast"),
+        ({"args": {"cni": {"mac": "02:00:00:00:00"}}}, None, "args.cni.mac: expected a MAC"),
+        ({}, "MAC=zz:00:00:00:00:01", "CNI_ARGS MAC"),
+    ],
+)
+def test_requested_address_errors_name_the_field(
+    conf: dict[str, Any], env_args: str | None, words: str
+) -> None:
+    with pytest.raises(CNIError) as e:
+        netconf(conf, CNI_ARGS=env_args)
+    assert e.value.code == spec.ERR_INVALID_CONFIG and words in e.value.msg
+
+
+def test_installed_conflist_declares_ips_and_mac(tmp_path: Path) -> None:
+    install(bin_dir=str(tmp_path / "bin"), conf_dir=str(tmp_path / "net.d"),
+            datastore="sqlite:///tmp/x.db")
+    conf = json.loads((tmp_path / "net.d" / "10-tabby.conflist").read_text())
+    assert conf["plugins"][0]["capabilities"] == {"ips": True, "mac": True}
+
+
 def test_names_and_handles() -> None:
     assert handle_for("k8s-pod-network", "abc", "eth0") == "k8s-pod-network.abc"
     assert handle_for("net", "abc", "net1") == "net.abc:net1"
