@@ -3,18 +3,20 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 # Runtime: iproute2 nftables bird2 etcd. Tests and the lab: the rest (podman drives tabby-cni
-# as a real runtime; gobgpd is an external BGP peer; clang/libbpf/bpftool build the IPIP BPF object).
+# as a real runtime; gobgpd is an external BGP peer; clang/libbpf/bpftool build the IPIP BPF object,
+# clang/libc6-dev the exec'd CNI client).
 DEB_PACKAGES := iproute2 nftables bird2 etcd-server etcd-client iputils-ping netcat-openbsd \
 	tcpdump iperf3 conntrack containernetworking-plugins podman busybox-static runc gobgpd \
-	clang llvm libbpf-dev bpftool
+	clang llvm libbpf-dev bpftool libc6-dev
 STAMP_DEB := $(VENV)/.deb-stamp
 STAMP_PIP := $(VENV)/.pip-stamp
 
 .PHONY: setup test unit lint demo clean
 
 setup: $(STAMP_DEB) $(STAMP_PIP)
-	@# The IP-in-IP BPF object (built once; skipped when present and current).
+	@# The IP-in-IP BPF object and the exec'd CNI client (built once; skipped when current).
 	$(PY) -m tabby.dataplane.ipip.build
+	$(PY) -m tabby.cni.client.build
 
 $(STAMP_DEB):
 	@missing=""; for p in $(DEB_PACKAGES); do \

@@ -3,7 +3,10 @@
     .venv/bin/python bench/cni.py [--n 100] [--parallel 8] [--ipam-n 300] [--no-etcd]
 
 Each sample is one exec of the installed plugin (Python start-up included) by a driver that
-runs inside the node namespace, as a runtime does; the reference `ptp` + `host-local`
+runs inside the node namespace, as a runtime does. With the C client installed (`make
+setup` builds it) two Tabby rows are measured: "tabby-agent", the client served by the
+node agent's CNI server running in the node namespace (CPU = the client's plus the server's
+mean CPU per call), and "tabby", the Python plugin exec'd directly (no agent running); the reference `ptp` + `host-local`
 plugins (Debian's containernetworking-plugins) are measured in the same run on the same
 namespaces. Runs: sequential ADDs then DELs, and the same with `--parallel` workers. For the
 parallel run the plugin's log reports the IPAM compare-and-swap retries and any retry
@@ -65,10 +68,40 @@ def _io(p: subprocess.Popen[bytes], conf: str) -> bytes:
     return out
 
 
+def _cpu_ms(pid: int) -> float:
+    """User+system CPU of a running process, from /proc (the served runs' server side)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # utime, stime and the reaped children's (the `ip` commands it ran).
+    return sum(int(f) for f in fields[11:15]) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def _start_server() -> subprocess.Popen[str]:
+    """The node agent's CNI server, alone, in this (the node's) namespace."""
+    import threading
+
+    srv = subprocess.Popen([sys.executable, "-m", "tabby.cni.server"], stdout=subprocess.PIPE,
+                           text=True)
+    assert srv.stdout is not None and srv.stdout.readline().startswith("serving")
+    threading.Thread(target=srv.stdout.read, daemon=True).start()  # drain its request log
+    return srv
+
+
 def driver(spec: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for plugin in spec["plugins"]:
         exe, conf, path = plugin["exe"], json.dumps(plugin["conf"]), plugin["path"]
+        server = _start_server() if plugin.get("served") else None
+        try:
+            _runs(spec, plugin, exe, conf, path, server, out)
+        finally:
+            if server is not None:
+                server.terminate()
+                server.wait(10)
+    return out
+
+
+def _runs(spec: dict[str, Any], plugin: dict[str, Any], exe: str, conf: str, path: str,
+          server: subprocess.Popen[str] | None, out: dict[str, Any]) -> None:
         for mode, workers in (("seq", 1), ("par", spec["parallel"])):
             if mode not in plugin.get("modes", ("seq", "par")):
                 continue
@@ -76,12 +109,16 @@ def driver(spec: dict[str, Any]) -> dict[str, Any]:
             pairs = list(zip(cids, spec["containers"], strict=True))
             for command in ("ADD", "DEL"):
                 t0 = time.perf_counter()
+                cpu0 = _cpu_ms(server.pid) if server else 0.0
                 jobs = [(exe, command, conf, cid, ns, path) for cid, ns in pairs]
                 with ThreadPoolExecutor(max_workers=workers) as pool:
                     res = list(pool.map(lambda job: _one(*job), jobs))
                 wall = time.perf_counter() - t0
+                if server:  # the work moved into the server: add its mean share per call
+                    share = (_cpu_ms(server.pid) - cpu0) / len(res)
+                    for r in res:
+                        r["cpu"] += share
                 out[f"{plugin['name']}/{mode}/{command}"] = {"samples": res, "wall": wall}
-    return out
 
 
 # --- set-up and report (runs in the root namespace, touches only namespaces it made) ------
@@ -123,8 +160,15 @@ def main() -> int:
                 "ipam": {"type": "host-local", "dataDir": str(tmp / "host-local"),
                          "ranges": [[{"subnet": "10.97.0.0/16"}]]}}
     have_ref = os.access(f"{REF}/ptp", os.X_OK) and os.access(f"{REF}/host-local", os.X_OK)
-    plugins = [{"name": "tabby", "exe": str(bin_dir / "tabby-cni"), "conf": tabby_conf,
-                "path": f"{bin_dir}:{REF}"}]
+    plugins = []
+    if (bin_dir / "tabby-cni.py").exists():  # the C client is installed: served, then not
+        plugins.append({"name": "tabby-agent", "exe": str(bin_dir / "tabby-cni"),
+                        "conf": tabby_conf, "path": f"{bin_dir}:{REF}", "served": True})
+        plugins.append({"name": "tabby", "exe": str(bin_dir / "tabby-cni.py"),
+                        "conf": tabby_conf, "path": f"{bin_dir}:{REF}"})
+    else:
+        plugins.append({"name": "tabby", "exe": str(bin_dir / "tabby-cni"), "conf": tabby_conf,
+                        "path": f"{bin_dir}:{REF}"})
     venv_script = Path(sys.executable).parent / "tabby-cni"
     if venv_script.exists():  # the pip console script: full `site` start-up, for comparison
         plugins.append({"name": "tabby-console-script", "exe": str(venv_script),
@@ -164,22 +208,25 @@ def main() -> int:
               f"| {statistics.median(cpu):.1f} | {len(ms) / r['wall']:.0f} | {len(failed)} |")
         for f in failed[:3]:
             print(f"    failure: {f['err']}", file=sys.stderr)
-    if base:
-        print("\nRatio tabby/ptp (p50): " + ", ".join(
-            f"{k} {statistics.median([s['ms'] for s in results['tabby/' + k]['samples']]) / v:.1f}x"
-            for k, v in base.items()))
+    for name in ("tabby-agent", "tabby"):
+        if base and f"{name}/seq/ADD" in results:
+            print(f"\nRatio {name}/ptp (p50): " + ", ".join(
+                f"{k} {statistics.median([s['ms'] for s in results[f'{name}/{k}']['samples']]) / v:.1f}x"
+                for k, v in base.items()))
     text = log.read_text() if log.exists() else ""
-    par_pids = set()
-    conflicts = exhausted = 0
-    for line in text.splitlines():
-        m = re.search(r"\[(\d+)\] ADD tabby-par-\S+: ipam conflicts=(\d+) exhausted=(\d+)", line)
-        if m:
-            par_pids.add(m[1])
-            conflicts += int(m[2])
-            exhausted += int(m[3])
-    code11 = sum(1 for s in results["tabby/par/ADD"]["samples"] if s["code"] == 11)
-    print(f"\nParallel ADDs: {conflicts} IPAM compare-and-swap retries over {len(par_pids)} ADDs, "
-          f"{exhausted} retry exhaustions, {code11} ADDs failed with code 11 (try again)")
+    for name in ("tabby-agent", "tabby"):
+        if f"{name}/par/ADD" not in results:
+            continue
+        adds = conflicts = exhausted = 0
+        for line in text.splitlines():
+            m = re.search(rf"ADD {name}-par-\S+: ipam conflicts=(\d+) exhausted=(\d+)", line)
+            if m:
+                adds += 1
+                conflicts += int(m[1])
+                exhausted += int(m[2])
+        code11 = sum(1 for s in results[f"{name}/par/ADD"]["samples"] if s["code"] == 11)
+        print(f"\nParallel ADDs ({name}): {conflicts} IPAM compare-and-swap retries over {adds} "
+              f"ADDs, {exhausted} retry exhaustions, {code11} ADDs failed with code 11")
 
     print("\nIPAM allocations (in-process, one handle per address, as CNI ADDs):\n")
     print("| datastore | allocations/s | releases/s | CAS retries |")

@@ -87,6 +87,7 @@ class AgentConfig:
     allow_host_netns: bool = False
     apply_backoff_max: float = 5.0
     stop_bgp_on_exit: bool = False
+    cni_server: bool = True  # serve the exec'd tabby-cni client of this namespace
 
 
 @dataclass
@@ -186,6 +187,8 @@ class Agent:
         log.info("starting", extra=ctx(underlay=self.underlay.ifname, ip=self.underlay.cidr,
                                        mtu=self.underlay.mtu))
         self._servers = report.start_servers(self)
+        if cfg.cni_server:
+            self._start_cni_server()
         try:
             # IPIP first: registration announces who programs IPIP routes (an annotation
             # BGP reads). Building it reads files only; nothing touches the kernel yet.
@@ -232,6 +235,17 @@ class Agent:
         self._servers = []
 
     # --- start-up -------------------------------------------------------------------------
+
+    def _start_cni_server(self) -> None:
+        from tabby.cni.server import CNIServer
+
+        server = CNIServer(log=lambda msg: log.debug("cni: %s", msg))
+        try:
+            server.start()
+        except OSError as exc:  # the client then runs the Python plugin itself: slower, correct
+            log.warning("CNI server not started: %s", exc)
+            return
+        self._servers.append(server)
 
     def _register_first(self) -> bool:
         """Register this node, retrying while the datastore is unreachable. False if stopped."""

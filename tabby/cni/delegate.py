@@ -30,7 +30,7 @@ def delegate(
 ) -> dict[str, Any] | None:
     """Run `plugin` for `command`; its result (ADD) or None. Its error becomes ours."""
     exe = find_plugin(plugin, env.path)
-    child_env = dict(os.environ)
+    child_env = {**os.environ, **env.environ}  # the runtime's CNI_* (also when served)
     child_env["CNI_COMMAND"] = command
     try:
         proc = subprocess.run(

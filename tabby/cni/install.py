@@ -1,6 +1,12 @@
 """`tabby cni install`: put tabby-cni and tabby-ipam where runtimes look, and a .conflist.
 
-The executables are small Python scripts whose shebang runs this installation's interpreter
+When the C client is built (tabby/cni/client/, by `make setup`), tabby-cni and tabby-ipam
+are that client, which hands each invocation to the node agent's CNI server
+(tabby/cni/server.py), and the Python plugins go beside them as tabby-cni.py and
+tabby-ipam.py for the client to exec when no agent serves. Without the client, the Python
+plugins are installed under the plain names.
+
+The Python plugins are small scripts whose shebang runs this installation's interpreter
 with `-IS` (isolated, no `site`) and which put the project and its site-packages on sys.path
 themselves. A runtime may exec a plugin with an almost empty environment (no PATH, no
 VIRTUAL_ENV), and `site` with the editable-install hook costs ~20 ms per exec, a third of
@@ -88,18 +94,28 @@ def conflist(
     }
 
 
-def _write_if_changed(path: Path, content: str, mode: int, result: InstallResult) -> None:
+def _client_binary() -> bytes | None:
+    """The built C client (`make setup` builds it), or None: then the Python plugins are
+    installed under the plain names."""
+    from tabby.cni.client.build import built
+
+    path = built()
+    return path.read_bytes() if path is not None else None
+
+
+def _write_if_changed(path: Path, content: str | bytes, mode: int, result: InstallResult) -> None:
+    data = content.encode() if isinstance(content, str) else content
     try:
-        if path.read_text() == content and (path.stat().st_mode & 0o777) == mode:
+        if path.read_bytes() == data and (path.stat().st_mode & 0o777) == mode:
             result.unchanged.append(str(path))
             return
-    except (FileNotFoundError, UnicodeDecodeError):
+    except FileNotFoundError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(content)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.chmod(tmp, mode)
         os.replace(tmp, path)  # a runtime never sees a half-written plugin or config
     except BaseException:
@@ -126,13 +142,22 @@ def install(
     log_file: str | None = None,
     ipv6: bool = False,
     python: str | None = None,
+    use_client: bool = True,
 ) -> InstallResult:
     check_network_name(name)
     if not 68 <= mtu <= 65535:
         raise ValueError(f"--mtu: {mtu} out of range 68-65535")
     result = InstallResult()
+    client = _client_binary() if use_client else None
     for exe, module in PLUGINS.items():
-        _write_if_changed(Path(bin_dir) / exe, wrapper_script(module, python), 0o755, result)
+        script = wrapper_script(module, python)
+        if client is None:
+            _write_if_changed(Path(bin_dir) / exe, script, 0o755, result)
+            continue
+        # The C client under the plugin's name; the Python plugin beside it is what the
+        # client execs when no node agent serves this network namespace.
+        _write_if_changed(Path(bin_dir) / f"{exe}.py", script, 0o755, result)
+        _write_if_changed(Path(bin_dir) / exe, client, 0o755, result)
     conf = conflist(name, datastore, nodename, mtu, log_file, ipv6)
     text = json.dumps(conf, indent=2) + "\n"
     _write_if_changed(Path(conf_dir) / f"10-{name}.conflist", text, 0o644, result)

@@ -148,9 +148,11 @@ class NetConf:
         self.datastore = ipam.get("datastore", conf.get("datastore"))
         if self.datastore is not None and not isinstance(self.datastore, str):
             raise _invalid("datastore", self.datastore, "expected a URL string")
+        if self.datastore is None:  # the runtime's environment (also when served)
+            self.datastore = env.environ.get("TABBY_DATASTORE") or None
         node = ipam.get("nodename", conf.get("nodename"))
         if node is None:
-            node = os.environ.get("TABBY_NODENAME") or os.uname().nodename.lower()
+            node = env.environ.get("TABBY_NODENAME") or os.uname().nodename.lower()
         try:
             self.nodename = check_name(node, "nodename")
         except EndpointError as exc:

@@ -33,33 +33,37 @@ def _declared_version(data: bytes) -> str:
     return v if v in spec.SUPPORTED_VERSIONS else spec.LATEST
 
 
-def run(handler: Handler, environ: dict[str, str] | None = None) -> int:
+def run(handler: Handler, environ: dict[str, str] | None = None, data: bytes | None = None,
+        out: Any = None) -> int:
+    """One invocation: `environ` and `data` default to this process's environment and stdin,
+    `out` to stdout (the node agent's CNI server passes the client's)."""
     version = spec.LATEST
     try:
-        data = b""
-        command = (environ if environ is not None else os.environ).get("CNI_COMMAND")
-        if command != "VERSION" or not sys.stdin.isatty():
-            data = spec.read_stdin()
+        if data is None:
+            data = b""
+            command = (environ if environ is not None else os.environ).get("CNI_COMMAND")
+            if command != "VERSION" or not sys.stdin.isatty():
+                data = spec.read_stdin()
         version = _declared_version(data)
         env = spec.Env(environ)
         if env.command == "VERSION":
-            spec.emit(spec.version_result(version if data.strip() else None))
+            spec.emit(spec.version_result(version if data.strip() else None), out)
             return 0
         conf = spec.load_config(data, env.command)
         version = conf["cniVersion"]
-        out = handler(env, conf)
-        if out is not None:
-            spec.emit(spec.convert_result(out, version))
+        result = handler(env, conf)
+        if result is not None:
+            spec.emit(spec.convert_result(result, version), out)
         return 0
     except CNIError as exc:
-        spec.emit(exc.to_result(version))
+        spec.emit(exc.to_result(version), out)
         return 1
     except Exception as exc:  # noqa: BLE001 - the runtime must get a spec error, not a traceback
         import traceback
 
         details = "".join(traceback.format_exception(exc)).strip()[-2000:]
         err = CNIError(spec.ERR_INTERNAL, f"internal error: {type(exc).__name__}: {exc}", details)
-        spec.emit(err.to_result(version))
+        spec.emit(err.to_result(version), out)
         return 1
 
 

@@ -119,6 +119,7 @@ class Env:
 
     def __init__(self, environ: dict[str, str] | os._Environ[str] | None = None) -> None:
         e = os.environ if environ is None else environ
+        self.environ = e  # the caller's environment (the runtime's, also when served)
         command = e.get("CNI_COMMAND", "")
         if not command:
             raise CNIError(ERR_INVALID_ENV, "CNI_COMMAND: required environment variable missing")
@@ -257,9 +258,10 @@ def convert_result(result: dict[str, Any], version: str) -> dict[str, Any]:
     return out
 
 
-def emit(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
-    sys.stdout.flush()
+def emit(obj: dict[str, Any], out: Any = None) -> None:
+    out = sys.stdout if out is None else out
+    out.write(json.dumps(obj, indent=2) + "\n")
+    out.flush()
 
 
 def read_stdin() -> bytes:

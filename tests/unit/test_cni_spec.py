@@ -289,13 +289,24 @@ def test_errors_are_results(monkeypatch: pytest.MonkeyPatch) -> None:
 # --- the installer ------------------------------------------------------------------------
 
 
-def test_install_is_idempotent_and_runs_with_an_empty_environment(tmp_path: Path) -> None:
+@pytest.mark.parametrize("use_client", [True, False], ids=["client", "python"])
+def test_install_is_idempotent_and_runs_with_an_empty_environment(
+    tmp_path: Path, use_client: bool
+) -> None:
+    from tabby.cni.client.build import built
+
+    if use_client and built() is None:
+        pytest.skip("the C client is not built (make setup builds it)")
     kw = {"bin_dir": str(tmp_path / "bin"), "conf_dir": str(tmp_path / "net.d"),
-          "datastore": f"sqlite://{tmp_path}/t.db", "nodename": "node-1", "mtu": 1450}
+          "datastore": f"sqlite://{tmp_path}/t.db", "nodename": "node-1", "mtu": 1450,
+          "use_client": use_client}
+    files = 5 if use_client else 3  # client + Python plugin beside it, twice; the conflist
     first = install(**kw)  # type: ignore[arg-type]
-    assert len(first.written) == 3 and first.unchanged == []
+    assert len(first.written) == files and first.unchanged == []
     again = install(**kw)  # type: ignore[arg-type]
-    assert again.written == [] and len(again.unchanged) == 3
+    assert again.written == [] and len(again.unchanged) == files
+    # With no agent serving (none runs in this namespace), the client execs the Python
+    # plugin beside it, which answers as below.
     conf = json.loads((tmp_path / "net.d" / "10-tabby.conflist").read_text())
     assert conf["name"] == "tabby" and conf["cniVersions"] == ["1.0.0", "1.1.0"]
     (plugin,) = conf["plugins"]

@@ -1,0 +1,115 @@
+"""tabby-cni through the node agent's CNI server: the exec'd C client forwards each
+invocation to the server of its network namespace, and execs the Python plugin when none
+serves. Same observable behaviour either way; these tests check the served path."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_cni_support import CNILab
+
+from tabby.cni.client.build import built
+from tabby.cni.wiring import host_ifname
+
+pytestmark = pytest.mark.skipif(built() is None, reason="the C client is not built (make setup)")
+
+
+class Served:
+    """A CNILab whose node namespace runs `python -m tabby.cni.server`."""
+
+    def __init__(self, lab: CNILab) -> None:
+        self.lab = lab
+        self.proc = lab.topo.spawn(lab.node_ns, [sys.executable, "-m", "tabby.cni.server"],
+                                   stdout=subprocess.PIPE, text=True)
+        assert self.proc.popen.stdout is not None
+        assert self.proc.popen.stdout.readline().strip() == "serving @tabby-cni"
+
+    def log_lines(self, n: int) -> list[str]:
+        out = self.proc.popen.stdout
+        assert out is not None
+        # "<plugin> <command> <container> -> exit <code>" (the time it took is cut off)
+        return [out.readline().split(" in ")[0].strip() for _ in range(n)]
+
+
+@pytest.fixture
+def served(topology: Callable[..., Any], tmp_path: Path) -> Served:
+    return Served(CNILab.make(topology(), tmp_path))
+
+
+def test_add_check_del_are_served(served: Served) -> None:
+    lab = served.lab
+    assert Path(lab.bin_dir, "tabby-cni").read_bytes()[:4] == b"\x7fELF"  # the client
+    c = lab.container("c1")
+    res = lab.add("cid-s1", c, args="IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-1")
+    assert served.log_lines(1) == ["tabby-cni ADD cid-s1 -> exit 0"]
+    out = res.out
+    assert out is not None and out["cniVersion"] == "1.1.0"
+    addr = out["ips"][0]["address"]
+    (eth0,) = lab.ip(c, "addr", "show", "dev", "eth0")
+    assert [f"{a['local']}/{a['prefixlen']}" for a in eth0["addr_info"]
+            if a["family"] == "inet"] == [addr]
+    ((_, wep),) = lab.endpoints().items()
+    assert wep["spec"]["pod"] == "web-1" and wep["metadata"]["namespace"] == "shop"
+    lab.echo_server(lab.node_ip, 7101)
+    assert lab.tcp(c, lab.node_ip, 7101) == f"ok {addr.split('/')[0]}"
+
+    check = lab.cni("CHECK", "cid-s1", c, conf={**lab.conf, "prevResult": out})
+    assert check.rc == 0 and check.stdout == ""
+    bad = lab.cni("ADD", "cid-s2", lab.container("c2"), args="IP=10.66.0.999")
+    assert bad.rc == 1 and bad.code == 7 and "CNI_ARGS IP" in bad.msg
+    assert lab.cni("DEL", "cid-s1", c).rc == 0
+    assert served.log_lines(3) == ["tabby-cni CHECK cid-s1 -> exit 0",
+                                   "tabby-cni ADD cid-s2 -> exit 1",
+                                   "tabby-cni DEL cid-s1 -> exit 0"]
+    assert lab.node_links() == [] and lab.allocations() == [] and lab.endpoints() == {}
+    version = lab.exec({"CNI_COMMAND": "VERSION"}, "{}", plugin="tabby-ipam")
+    assert version.rc == 0 and version.out and "1.1.0" in version.out["supportedVersions"]
+
+
+def test_parallel_adds_served_get_distinct_addresses(served: Served) -> None:
+    lab = served.lab
+    n = 12
+    conts = [lab.container(f"c{i}") for i in range(n)]
+    procs = [subprocess.Popen(
+        ["ip", "netns", "exec", lab.node_ns, f"{lab.bin_dir}/tabby-cni"],
+        env=lab.env("ADD", f"cid-{i:03d}", c), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True) for i, c in enumerate(conts)]
+    outs = []
+    for p in procs:
+        out, _ = p.communicate(json.dumps(lab.conf), timeout=60)
+        assert p.returncode == 0, out
+        outs.append(json.loads(out))
+    addrs = {o["ips"][0]["address"] for o in outs}
+    assert len(addrs) == n and len(lab.allocations()) == n and len(lab.node_links()) == n
+    assert sorted(served.log_lines(n)) == sorted(
+        f"tabby-cni ADD cid-{i:03d} -> exit 0" for i in range(n))
+
+
+def test_without_the_server_the_client_runs_the_plugin(served: Served) -> None:
+    lab = served.lab
+    c1, c2 = lab.container("c1"), lab.container("c2")
+    lab.add("cid-a", c1)
+    served.proc.popen.send_signal(signal.SIGKILL)  # an agent crash: the socket goes with it
+    served.proc.popen.wait(10)
+    res = lab.add("cid-b", c2)  # the Python plugin beside the client, same result shape
+    assert res.out is not None and res.out["interfaces"][0]["name"] == host_ifname("cid-b", "eth0")
+    assert len(lab.allocations()) == 2 and len(lab.node_links()) == 2
+
+
+def test_only_root_is_served(served: Served) -> None:
+    lab = served.lab
+    env = lab.env("ADD", "cid-n", lab.container("c1"))
+    proc = subprocess.run(
+        ["ip", "netns", "exec", lab.node_ns, "setpriv", "--reuid=65534", "--regid=65534",
+         "--clear-groups", f"{lab.bin_dir}/tabby-cni"],
+        input=json.dumps(lab.conf), env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1 and json.loads(proc.stdout)["code"] == 11, proc.stdout
+    assert served.log_lines(1)[0].startswith("refused a client of uid 65534")
+    assert lab.allocations() == [] and lab.node_links() == []
