@@ -28,7 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "explain", parents=[parent],
         help="the verdict for one flow and the rules that decided it",
         description="SRC/DST: namespace/name of a WorkloadEndpoint, a HostEndpoint name, or an "
-                    "IP address (a bare IP evaluates no policy of its own).")
+                    "IP address (a bare IP evaluates no policy of its own). A HostEndpoint "
+                    "stands for its host's own traffic through it (failsafe ports, untracked, "
+                    "preDNAT and normal policy). An address outside the cluster to or from a "
+                    "workload crosses the workload node's host endpoint when it has exactly "
+                    "one (its applyOnForward, preDNAT and untracked policy).")
     p.add_argument("--from", dest="src", required=True, metavar="SRC")
     p.add_argument("--to", dest="dst", required=True, metavar="DST")
     _flow_flags(p)
@@ -99,6 +103,14 @@ def _styled(verdict: str) -> Text:
     return Text(verdict, style="bold green" if verdict == "Allow" else "bold red")
 
 
+TRAFFIC = {"fromHost": "from a host", "toHost": "to a host", "forwarded": "forwarded",
+           "workloadToHost": "a workload to its own host",
+           "local": "a host to its own workload or itself"}
+STAGES = {"failsafe": "failsafe", "untracked": "untracked (doNotTrack)", "preDNAT": "preDNAT",
+          "forward": "forward (applyOnForward)", "endpointToHost": "endpoint to host",
+          "local": "local"}
+
+
 def _print_explain(data: dict[str, Any]) -> None:
     f = data["flow"]
     head = Text(f"{f['protocol']} ")
@@ -115,10 +127,22 @@ def _print_explain(data: dict[str, Any]) -> None:
     head.append(": ")
     head.append_text(_styled(data["verdict"]))
     console.print(head)
-    for direction in ("egress", "ingress"):
-        side = data[direction]
+    traffic = data.get("traffic", "endpoints")
+    if traffic != "endpoints":
+        kinds = " + ".join(TRAFFIC.get(t, t) for t in traffic.split("+"))
+        vias = [f"in through {f['viaIn']}" if "viaIn" in f else "",
+                f"out through {f['viaOut']}" if "viaOut" in f else ""]
+        extra = ", ".join(v for v in vias if v)
+        console.print(Text(f"  traffic: {kinds}" + (f" ({extra})" if extra else "")))
+    sides = [("egress", data["egress"])]
+    sides += [("forward", side) for side in data.get("forward", ())]
+    sides.append(("ingress", data["ingress"]))
+    for direction, side in sides:
         who = side["endpoint"] or side["ip"]
-        line = Text(f"  {direction} of {who}: ")
+        if direction == "forward":
+            line = Text(f"  forwarded {side['direction'].lower()} through host endpoint {who}: ")
+        else:
+            line = Text(f"  {direction} of {who}: ")
         line.append_text(_styled(side["verdict"]))
         console.print(line)
         for step in side["steps"]:
@@ -135,8 +159,17 @@ def _where(step: dict[str, Any]) -> str:
     return f"tier {step.get('tier')}"
 
 
+def _stage(item: dict[str, Any]) -> str:
+    stage = item.get("stage")
+    return f"{STAGES.get(stage, stage)}: " if stage else ""
+
+
 def _describe_step(step: dict[str, Any]) -> str:
     action = step["action"]
+    if not any(k in step for k in ("tier", "policy", "profile")):
+        # A stage outside policy (failsafe, skip, DefaultEndpointToHostAction, local).
+        text = f"{_stage(step)}{action}"
+        return text + (f" ({step['note']})" if step.get("note") else "")
     where = _where(step)
     if "rule" in step:
         text = f"{where} rule {step['rule']}: {action}"
@@ -146,15 +179,17 @@ def _describe_step(step: dict[str, Any]) -> str:
         text = f"{where}: end of tier"
     else:
         text = f"{where}: {action}"
-    return text + (f" ({step['note']})" if step.get("note") else "")
+    return _stage(step) + text + (f" ({step['note']})" if step.get("note") else "")
 
 
 def _describe_decider(decider: dict[str, Any]) -> str:
+    if "failsafe" in decider:
+        return f"failsafe {decider['failsafe']}"
     if "rule" in decider:
         return _describe_step(decider)
     if "tier" in decider:
-        return f"tier {decider['tier']}: {decider['default']}"
-    return str(decider.get("default"))
+        return f"{_stage(decider)}tier {decider['tier']}: {decider['default']}"
+    return f"{_stage(decider)}{decider.get('default')}"
 
 
 def _family(endpoints: list[Any]) -> int:

@@ -8,12 +8,15 @@
 Modules: ``selectors`` (namespace / pcns. / pcsa. selector combination, the one place it
 happens), ``rules`` (compiled rules), ``model`` (endpoints, network sets, tiers, policies,
 profiles), ``k8s`` (Kubernetes NetworkPolicy and Namespace conversion), ``resolve`` (ordering
-and per-endpoint chains, incremental `PolicyOrder`), ``match`` (rule matching), ``evaluate``
-(the verdict and its decision path) and ``matrix`` (all pairs at once).
+and per-endpoint chains, incremental `PolicyOrder`), ``match`` (rule matching), ``walk``
+(one chain walked: steps and decider), ``host`` (FelixConfiguration's failsafe ports and
+DefaultEndpointToHostAction per node), ``hostpath`` (the host endpoint stages of a flow),
+``evaluate`` (the verdict and its decision path) and ``matrix`` (all pairs at once).
 """
 
 from tabby.policy.errors import PolicyError
 from tabby.policy.evaluate import Verdict, evaluate, make_flow
+from tabby.policy.host import FailsafePort, HostConfig
 from tabby.policy.match import Flow, Matcher, Peer
 from tabby.policy.matrix import reachability
 from tabby.policy.model import (
@@ -30,11 +33,13 @@ from tabby.policy.model import (
 )
 from tabby.policy.resolve import (
     EndpointPolicies,
+    HostEndpointPolicies,
     PolicyOrder,
     TierPolicies,
     applicable,
     order_policies,
     resolve_endpoint,
+    resolve_host_endpoint,
 )
 
 __all__ = [
@@ -42,7 +47,10 @@ __all__ = [
     "INGRESS",
     "Endpoint",
     "EndpointPolicies",
+    "FailsafePort",
     "Flow",
+    "HostConfig",
+    "HostEndpointPolicies",
     "Matcher",
     "NetworkSet",
     "Peer",
@@ -62,4 +70,5 @@ __all__ = [
     "order_policies",
     "reachability",
     "resolve_endpoint",
+    "resolve_host_endpoint",
 ]

@@ -12,6 +12,13 @@ policy of its own. For one endpoint and direction:
   defaultAction is Pass (then the next tier);
 * after the last tier (reached by Pass, or when no tier applies) the endpoint's profiles are
   tried in order; a profile Allow accepts, Deny drops; nothing allowing -> drop.
+
+Host endpoints add stages (`tabby.policy.hostpath`): a host endpoint side is the host's
+own traffic (failsafe ports, then untracked, preDNAT and normal policy); a flow forwarded
+through a host endpoint (`Flow.via_in` / `via_out`) meets its untracked, preDNAT and
+applyOnForward policy; a workload to its own host meets DefaultEndpointToHostAction
+instead of host endpoint policy; the host to its own workloads or itself is not policed.
+Between two workloads nothing of this applies.
 """
 
 from __future__ import annotations
@@ -20,59 +27,27 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
+from tabby.policy import hostpath
 from tabby.policy.errors import PolicyError
 from tabby.policy.match import Flow, Matcher, Peer
 from tabby.policy.model import EGRESS, INGRESS, Endpoint, PolicySet
-from tabby.policy.resolve import EndpointPolicies, TierPolicies, resolve_endpoint
+from tabby.policy.resolve import EndpointPolicies, resolve_endpoint
 from tabby.policy.rules import PORT_PROTOCOLS, protocol_name, protocol_number
+from tabby.policy.walk import (
+    FORWARD,
+    NO_ALLOW,
+    NOT_ENDPOINT,
+    UNTRACKED,
+    DirectionResult,
+    Step,
+    walk_chain,
+)
 
-NO_ALLOW = "deny: no policy or profile allowed"
-NOT_ENDPOINT = "allow: not a Calico endpoint, no policy of its own"
+__all__ = ["NO_ALLOW", "NOT_ENDPOINT", "DirectionResult", "Step", "Verdict", "evaluate",
+           "evaluate_side", "make_flow", "resolve_peer"]
 
-
-@dataclass(frozen=True)
-class Step:
-    """One thing that happened while evaluating a direction."""
-
-    action: str  # Allow | Deny | Pass | Log | NoMatch | EndOfTier | MissingProfile
-    tier: str | None = None
-    policy: str | None = None
-    profile: str | None = None
-    rule: int | None = None
-    note: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key in ("tier", "policy", "profile", "rule"):
-            value = getattr(self, key)
-            if value is not None:
-                out[key] = value
-        out["action"] = self.action
-        if self.note:
-            out["note"] = self.note
-        return out
-
-
-@dataclass
-class DirectionResult:
-    direction: str  # Ingress | Egress
-    peer: Peer
-    allowed: bool
-    decider: dict[str, Any]
-    steps: list[Step] = field(default_factory=list)
-
-    @property
-    def evaluated(self) -> bool:
-        return self.peer.endpoint is not None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "endpoint": self.peer.endpoint.key if self.peer.endpoint else None,
-            "ip": str(self.peer.ip) if self.peer.ip is not None else None,
-            "verdict": "Allow" if self.allowed else "Deny",
-            "decider": dict(self.decider),
-            "steps": [s.to_json() for s in self.steps],
-        }
+HEP = "HostEndpoint"
+WEP = "WorkloadEndpoint"
 
 
 @dataclass
@@ -80,10 +55,14 @@ class Verdict:
     flow: Flow
     egress: DirectionResult
     ingress: DirectionResult
+    # Host endpoints a forwarded packet crosses, in packet order (stage "forward").
+    forward: list[DirectionResult] = field(default_factory=list)
+    traffic: str = "endpoints"
 
     @property
     def allowed(self) -> bool:
-        return self.egress.allowed and self.ingress.allowed
+        return (self.egress.allowed and self.ingress.allowed
+                and all(r.allowed for r in self.forward))
 
     def to_json(self) -> dict[str, Any]:
         f = self.flow
@@ -98,93 +77,96 @@ class Verdict:
                            ("icmpType", f.icmp_type), ("icmpCode", f.icmp_code)):
             if value is not None:
                 flow[key] = value
-        return {
+        for key, hep in (("viaIn", f.via_in), ("viaOut", f.via_out)):
+            if hep is not None:
+                flow[key] = hep.key
+        out: dict[str, Any] = {
             "verdict": "Allow" if self.allowed else "Deny",
+            "traffic": self.traffic,
             "flow": flow,
             "egress": self.egress.to_json(),
-            "ingress": self.ingress.to_json(),
         }
+        if self.forward:
+            out["forward"] = [r.to_json() for r in self.forward]
+        out["ingress"] = self.ingress.to_json()
+        return out
+
+
+def _same_node(a: Endpoint, b: Endpoint) -> bool:
+    return bool(a.node) and a.node == b.node
 
 
 def evaluate(ps: PolicySet, flow: Flow, *, matcher: Matcher | None = None,
              cached: bool = True) -> Verdict:
     """The verdict for `flow`. `cached=False` re-resolves the policy lists (a baseline)."""
     m = matcher or Matcher(ps)
-    return Verdict(
-        flow=flow,
-        egress=evaluate_side(ps, m, flow, EGRESS, cached=cached),
-        ingress=evaluate_side(ps, m, flow, INGRESS, cached=cached),
-    )
+    s, d = flow.src.endpoint, flow.dst.endpoint
+    if s is not None and s.kind == HEP and d is not None and _same_node(s, d):
+        what = "host to itself" if d.kind == HEP else "host to its own workload"
+        eg, ing = hostpath.local(flow, what)
+        return Verdict(flow, eg, ing, traffic="local")
+    if s is not None and s.kind == WEP and d is not None and d.kind == HEP and _same_node(s, d):
+        eg, ing = hostpath.workload_to_host(
+            ps, flow, evaluate_side(ps, m, flow, EGRESS, cached=cached), d)
+        return Verdict(flow, eg, ing, traffic="workloadToHost")
+
+    egress = (hostpath.from_host(ps, m, flow, s) if s is not None and s.kind == HEP
+              else evaluate_side(ps, m, flow, EGRESS, cached=cached))
+    forward: list[DirectionResult] = []
+    accepted_by: Endpoint | None = None  # an untracked Allow on this node ends it all
+    hops: list[tuple[str, Endpoint]] = []
+    if flow.via_out is not None:
+        hops.append(("out", flow.via_out))
+    if flow.via_in is not None:
+        # Out at the source's node, then in at the destination's; on one node (forwarding
+        # between two host endpoints) the packet comes in before it goes out.
+        first = flow.via_out is not None and _same_node(flow.via_in, flow.via_out)
+        hops.insert(0 if first else len(hops), ("in", flow.via_in))
+    for way, hep in hops:
+        if accepted_by is not None and _same_node(hep, accepted_by):
+            forward.append(hostpath.skipped_by_untracked(
+                EGRESS, Peer(hep, hep.ip(flow.ip_version)), accepted_by, FORWARD))
+            continue
+        res = (hostpath.forward_in(ps, m, flow, hep) if way == "in"
+               else hostpath.forward_out(ps, m, flow, hep))
+        forward.append(res)
+        if way == "in" and res.allowed and res.decider.get("stage") == UNTRACKED:
+            accepted_by = hep
+    if accepted_by is not None and d is not None and d.kind == WEP and _same_node(d, accepted_by):
+        ingress = hostpath.skipped_by_untracked(INGRESS, flow.dst, accepted_by)
+    elif d is not None and d.kind == HEP:
+        ingress = hostpath.to_host(ps, m, flow, d)
+    else:
+        ingress = evaluate_side(ps, m, flow, INGRESS, cached=cached)
+    return Verdict(flow, egress, ingress, forward, _traffic(flow))
+
+
+def _traffic(flow: Flow) -> str:
+    s, d = flow.src.endpoint, flow.dst.endpoint
+    parts = []
+    if s is not None and s.kind == HEP:
+        parts.append("fromHost")
+    if flow.via_in is not None or flow.via_out is not None:
+        parts.append("forwarded")
+    if d is not None and d.kind == HEP:
+        parts.append("toHost")
+    return "+".join(parts) or "endpoints"
 
 
 def evaluate_side(ps: PolicySet, m: Matcher, flow: Flow, direction: str, *,
                   cached: bool = True, chains: EndpointPolicies | None = None) -> DirectionResult:
+    """One endpoint's normal policy for one direction (a bare IP: nothing to evaluate)."""
     peer = flow.src if direction == EGRESS else flow.dst
     ep = peer.endpoint
     if ep is None:
         return DirectionResult(direction, peer, True, {"default": NOT_ENDPOINT})
     if chains is None:
         chains = ps.resolved(ep) if cached else resolve_endpoint(ps.ordered(), ep)
-    return _walk(ps, m, flow, direction, peer, chains.chain(direction), ep)
-
-
-def _walk(ps: PolicySet, m: Matcher, flow: Flow, direction: str, peer: Peer,
-          chain: tuple[TierPolicies, ...], ep: Endpoint) -> DirectionResult:
     steps: list[Step] = []
-
-    def done(allowed: bool, decider: dict[str, Any]) -> DirectionResult:
-        return DirectionResult(direction, peer, allowed, decider, steps)
-
-    for tp in chain:
-        tier = tp.tier.name
-        passed = False
-        for pol in tp.policies:
-            decided = None
-            for rule in pol.rules(direction):
-                if not m.rule_matches(rule, flow):
-                    continue
-                note = "http match not evaluated" if rule.http else None
-                steps.append(Step(rule.action, tier=tier, policy=pol.key, rule=rule.index,
-                                  note=note))
-                if rule.action != "Log":
-                    decided = rule
-                    break
-            if decided is None:
-                steps.append(Step("NoMatch", tier=tier, policy=pol.key))
-                continue
-            if decided.action == "Pass":
-                passed = True
-                break
-            return done(decided.action == "Allow", {
-                "tier": tier, "policy": pol.key, "rule": decided.index,
-                "action": decided.action,
-            })
-        if passed:
-            continue
-        if tp.tier.default_action == "Pass":
-            steps.append(Step("EndOfTier", tier=tier, note="tier defaultAction Pass"))
-            continue
-        steps.append(Step("EndOfTier", tier=tier, note="no policy in the tier decided: deny"))
-        return done(False, {"tier": tier, "default": "deny: end of tier"})
-
-    for name in ep.profiles:
-        prof = ps.profiles.get(name)
-        if prof is None:
-            steps.append(Step("MissingProfile", profile=name, note="profile does not exist"))
-            continue
-        for rule in prof.rules(direction):
-            if not m.rule_matches(rule, flow):
-                continue
-            steps.append(Step(rule.action, profile=name, rule=rule.index))
-            if rule.action == "Log":
-                continue
-            if rule.action == "Pass":
-                break  # a profile has no tier to skip: go to the next profile
-            return done(rule.action == "Allow",
-                        {"profile": name, "rule": rule.index, "action": rule.action})
-        else:
-            steps.append(Step("NoMatch", profile=name))
-    return done(False, {"default": NO_ALLOW})
+    got = walk_chain(ps, m, flow, direction, chains.chain(direction), steps,
+                     profiles=ep.profiles)
+    assert got is not None  # a chain with profiles always decides
+    return DirectionResult(direction, peer, got[0], got[1], steps)
 
 
 # -- building flows from user input -------------------------------------------------------
@@ -217,11 +199,40 @@ def _infer_version(ps: PolicySet, names: tuple[str, ...]) -> int:
     return 6
 
 
+def _host_endpoint(ps: PolicySet, name: str | None, flag: str) -> Endpoint | None:
+    if name is None:
+        return None
+    ep = ps.endpoint(name.strip())
+    if ep is None or ep.kind != HEP:
+        raise PolicyError(f"{flag}: {name!r} is not a host endpoint")
+    return ep
+
+
+def _outside(ps: PolicySet, peer: Peer) -> bool:
+    """A bare address that is no Calico endpoint's: from outside the cluster."""
+    return peer.endpoint is None and peer.ip is not None and not ps.endpoints_at(peer.ip)
+
+
+def _only_host_endpoint(ps: PolicySet, ep: Endpoint | None) -> Endpoint | None:
+    """The host endpoint of a workload's node, when the node has exactly one."""
+    if ep is None or ep.kind != WEP or not ep.node:
+        return None
+    heps = ps.host_endpoints_on(ep.node)
+    return heps[0] if len(heps) == 1 else None
+
+
 def make_flow(ps: PolicySet, src: str, dst: str, *, protocol: str | int = "TCP",
               port: int | None = None, src_port: int | None = None,
               icmp_type: int | None = None, icmp_code: int | None = None,
-              ip_version: int | None = None) -> Flow:
-    """A Flow from CLI-style input; raises PolicyError naming the bad field."""
+              ip_version: int | None = None, via_in: str | None = None,
+              via_out: str | None = None) -> Flow:
+    """A Flow from CLI-style input; raises PolicyError naming the bad field.
+
+    `via_in` / `via_out` name the host endpoints a forwarded flow crosses (in at the
+    destination's node, out at the source's). Unnamed, a flow between an address outside
+    the cluster and a workload is taken to cross the workload node's host endpoint when
+    that node has exactly one; otherwise no host endpoint is crossed.
+    """
     if ip_version not in (None, 4, 6):
         raise PolicyError(f"--ip-version: invalid value {ip_version!r} (4 or 6)")
     proto = protocol_number(protocol, "--protocol")
@@ -246,5 +257,15 @@ def make_flow(ps: PolicySet, src: str, dst: str, *, protocol: str | int = "TCP",
         raise PolicyError(f"--icmp-type: invalid value {icmp_type} (0-254)")
     if icmp_code is not None and not 0 <= icmp_code <= 255:
         raise PolicyError(f"--icmp-code: invalid value {icmp_code} (0-255)")
+    hep_in = _host_endpoint(ps, via_in, "--via-in")
+    hep_out = _host_endpoint(ps, via_out, "--via-out")
+    for hep, side, flag in ((hep_in, d, "--via-in"), (hep_out, s, "--via-out")):
+        if hep is not None and side.endpoint is not None and side.endpoint.kind == HEP:
+            raise PolicyError(f"{flag}: {side.endpoint.key} is a host endpoint: a host's own "
+                              "traffic is not forwarded")
+    if hep_in is None and via_in is None and _outside(ps, s):
+        hep_in = _only_host_endpoint(ps, d.endpoint)
+    if hep_out is None and via_out is None and _outside(ps, d):
+        hep_out = _only_host_endpoint(ps, s.endpoint)
     return Flow(s, d, proto, dst_port=port, src_port=src_port, icmp_type=icmp_type,
-                icmp_code=icmp_code, ip_version=version)
+                icmp_code=icmp_code, ip_version=version, via_in=hep_in, via_out=hep_out)

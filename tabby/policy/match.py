@@ -37,6 +37,11 @@ class Peer:
 
 @dataclass(frozen=True)
 class Flow:
+    """One new connection's first packet. `via_in` / `via_out`: the host endpoints it is
+    forwarded through (in at the destination's node, out at the source's node), when it
+    crosses one; the evaluator applies their forward (applyOnForward), preDNAT and
+    untracked policy."""
+
     src: Peer
     dst: Peer
     protocol: int
@@ -45,6 +50,8 @@ class Flow:
     icmp_type: int | None = None
     icmp_code: int | None = None
     ip_version: int = 4
+    via_in: Endpoint | None = None
+    via_out: Endpoint | None = None
 
 
 class Matcher:

@@ -133,7 +133,24 @@ def reachability(ps: PolicySet, endpoints: Sequence[Endpoint], *, protocol: int,
             if i != j:
                 row[dst] = bool((eg >> j) & 1) and bool(ingress_ok[j] & bit_i)
         out[src] = row
+    _host_pairs(ps, m, peers, template, out)
     return out
+
+
+def _host_pairs(ps: PolicySet, m: Matcher, peers: Sequence[Peer], template: Flow,
+                out: dict[str, dict[str, bool]]) -> None:
+    """Pairs with a host endpoint meet more than two chains (failsafes, untracked and
+    preDNAT policy, DefaultEndpointToHostAction...): those few go to the evaluator."""
+    from dataclasses import replace
+
+    from tabby.policy.evaluate import evaluate
+
+    for s in peers:
+        for d in peers:
+            if s is d or "HostEndpoint" not in (s.endpoint.kind, d.endpoint.kind):  # type: ignore[union-attr]
+                continue
+            flow = replace(template, src=s, dst=d)
+            out[s.label][d.label] = evaluate(ps, flow, matcher=m).allowed
 
 
 def reachability_naive(ps: PolicySet, endpoints: Sequence[Endpoint], *, protocol: int,

@@ -10,7 +10,9 @@ Kubernetes Namespaces and NetworkPolicies, and builds:
 * network sets (namespaced and global) whose labels rule selectors can pick, so their nets
   match as source/destination addresses;
 * tiers (the implicit ``default`` tier: order 1,000,000, defaultAction Deny), policies and
-  profiles with compiled rules and combined selectors.
+  profiles with compiled rules and combined selectors;
+* per node, the FelixConfiguration settings that policy depends on (failsafe ports,
+  DefaultEndpointToHostAction: `tabby.policy.host`).
 
 Profiles of a workload: the ones its spec lists. A workload that lists none, in a namespace
 that exists as a Kubernetes Namespace, gets ``kns.<ns>`` (and ``ksa.<ns>.<sa>`` if such a
@@ -28,6 +30,7 @@ from typing import Any
 
 from tabby.policy import k8s
 from tabby.policy.errors import PolicyError
+from tabby.policy.host import HostConfig, merged_spec
 from tabby.policy.rules import IPAddress, IPNetwork, Rule, compile_rules, parse_net, protocol_number
 from tabby.policy.selectors import (
     LABEL_NAMESPACE,
@@ -363,8 +366,11 @@ class PolicySet:
         self.network_sets: list[NetworkSet] = []
         self.namespaces: dict[str, dict[str, str]] = {}  # name -> labels
         self.warnings: list[str] = []
+        self.felix_configs: dict[str, dict[str, Any]] = {}  # FelixConfiguration specs by name
         self._ordered: Any = None
         self._resolved: dict[int, Any] = {}
+        self._resolved_host: dict[int, Any] = {}
+        self._host_configs: dict[str, HostConfig] = {}
         self._by_ip: dict[IPAddress, list[Endpoint]] | None = None
 
     # -- construction ---------------------------------------------------------------------
@@ -401,6 +407,8 @@ class PolicySet:
         for kind in ("NetworkSet", "GlobalNetworkSet"):
             for doc in by_kind.get(kind, []):
                 ps._guard(doc, ps._add_network_set)
+        for doc in by_kind.get("FelixConfiguration", []):
+            ps._guard(doc, ps._add_felix_config)
         ps._fill_tiers()
         return ps
 
@@ -462,6 +470,14 @@ class PolicySet:
     def _add_network_set(self, doc: Mapping[str, Any]) -> None:
         self.network_sets.append(network_set(doc, self.profiles))
 
+    def _add_felix_config(self, doc: Mapping[str, Any]) -> None:
+        name = _meta(doc).get("name")
+        if not name:
+            raise PolicyError("FelixConfiguration metadata.name: missing")
+        spec = dict(_spec(doc))
+        HostConfig.from_spec(spec, f"FelixConfiguration {name} spec")  # reject it whole
+        self.felix_configs[name] = spec
+
     # -- queries --------------------------------------------------------------------------
     def endpoint(self, key: str) -> Endpoint | None:
         return self.endpoints.get(key)
@@ -473,6 +489,20 @@ class PolicySet:
              and (namespace is None or ep.namespace == namespace)),
             key=lambda ep: ep.key,
         )
+
+    def host_endpoints_on(self, node: str) -> list[Endpoint]:
+        """The host endpoints of one node, sorted by name."""
+        return sorted((ep for ep in self.endpoints.values()
+                       if ep.kind == "HostEndpoint" and ep.node == node), key=lambda ep: ep.key)
+
+    def host_config(self, node: str) -> HostConfig:
+        """FelixConfiguration `default` merged with `node.<node>` (Calico's defaults
+        for what neither sets)."""
+        got = self._host_configs.get(node)
+        if got is None:
+            got = self._host_configs[node] = HostConfig.from_spec(
+                merged_spec(self.felix_configs, node))
+        return got
 
     def endpoints_at(self, ip: IPAddress) -> list[Endpoint]:
         if self._by_ip is None:
@@ -498,4 +528,14 @@ class PolicySet:
 
             got = (endpoint, resolve_endpoint(self.ordered(), endpoint))
             self._resolved[id(endpoint)] = got
+        return got[1]
+
+    def resolved_host(self, endpoint: Endpoint) -> Any:
+        """A host endpoint's untracked, preDNAT and forward chains, cached."""
+        got = self._resolved_host.get(id(endpoint))
+        if got is None or got[0] is not endpoint:
+            from tabby.policy.resolve import resolve_host_endpoint
+
+            got = (endpoint, resolve_host_endpoint(self.ordered(), endpoint))
+            self._resolved_host[id(endpoint)] = got
         return got[1]

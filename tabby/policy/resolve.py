@@ -7,7 +7,10 @@
 * Per endpoint and direction, only policies whose selector matches the endpoint and whose
   types include the direction take part; a tier takes part only if one of its policies does.
 * doNotTrack and preDNAT policies form their own chains (host endpoints only) and are left
-  out of the normal chains built here.
+  out of the normal chains; `resolve_host_endpoint` builds a host endpoint's other chains:
+  untracked (doNotTrack, both directions), preDNAT (ingress only) and forward
+  (applyOnForward policies that are neither, both directions). An applyOnForward policy is
+  also in the normal chains: it applies to the host's own traffic too.
 
 For the agent's calculation graph: `PolicyOrder` keeps the sorted tier/policy list up to date
 per change, and `applicable(ordered, direction, matches)` filters it for one endpoint with any
@@ -55,6 +58,19 @@ def is_normal(policy: Policy) -> bool:
     return not (policy.do_not_track or policy.pre_dnat)
 
 
+def is_untracked(policy: Policy) -> bool:
+    return policy.do_not_track
+
+
+def is_pre_dnat(policy: Policy) -> bool:
+    return policy.pre_dnat and not policy.do_not_track
+
+
+def is_forward(policy: Policy) -> bool:
+    """Applies to traffic the host forwards through one of its host endpoints."""
+    return policy.apply_on_forward and is_normal(policy)
+
+
 def order_policies(tiers: Iterable[Tier], policies: Iterable[Policy]) -> tuple[TierPolicies, ...]:
     """Every tier (sorted) with its policies (sorted). Policies of unknown tiers are dropped."""
     by_tier: dict[str, list[Policy]] = {t.name: [] for t in tiers}
@@ -72,22 +88,24 @@ def applicable(
     ordered: Sequence[TierPolicies],
     direction: str,
     matches: Callable[[Policy], bool],
+    kind: Callable[[Policy], bool] = is_normal,
 ) -> tuple[TierPolicies, ...]:
     """The tiers (with their policies) that apply in `direction` to one endpoint.
 
-    `matches(policy)` says whether the policy's selector selects the endpoint.
+    `matches(policy)` says whether the policy's selector selects the endpoint; `kind`
+    picks the chain (normal by default; `is_untracked`, `is_pre_dnat`, `is_forward`).
     """
     out = []
     for tp in ordered:
         pols = tuple(p for p in tp.policies
-                     if direction in p.types and is_normal(p) and matches(p))
+                     if direction in p.types and kind(p) and matches(p))
         if pols:
             out.append(TierPolicies(tp.tier, pols))
     return tuple(out)
 
 
-def resolve_endpoint(ordered: Sequence[TierPolicies], endpoint: Endpoint) -> EndpointPolicies:
-    """Both chains of one endpoint, matching each policy selector against its labels once."""
+def _matcher(endpoint: Endpoint) -> Callable[[Policy], bool]:
+    """Whether a policy selects the endpoint, each selector evaluated once."""
     labels = endpoint.labels
     cache: dict[int, bool] = {}
 
@@ -97,9 +115,44 @@ def resolve_endpoint(ordered: Sequence[TierPolicies], endpoint: Endpoint) -> End
             got = cache[id(pol)] = bool(pol.selector.matches(labels))
         return got
 
+    return matches
+
+
+def resolve_endpoint(ordered: Sequence[TierPolicies], endpoint: Endpoint) -> EndpointPolicies:
+    """Both chains of one endpoint, matching each policy selector against its labels once."""
+    matches = _matcher(endpoint)
     return EndpointPolicies(
         ingress=applicable(ordered, INGRESS, matches),
         egress=applicable(ordered, EGRESS, matches),
+    )
+
+
+@dataclass(frozen=True)
+class HostEndpointPolicies:
+    """A host endpoint's chains besides the normal ones (Felix renders each separately)."""
+
+    untracked_ingress: tuple[TierPolicies, ...]
+    untracked_egress: tuple[TierPolicies, ...]
+    pre_dnat_ingress: tuple[TierPolicies, ...]  # preDNAT policy has no egress
+    forward_ingress: tuple[TierPolicies, ...]
+    forward_egress: tuple[TierPolicies, ...]
+
+    def untracked(self, direction: str) -> tuple[TierPolicies, ...]:
+        return self.untracked_ingress if direction == INGRESS else self.untracked_egress
+
+    def forward(self, direction: str) -> tuple[TierPolicies, ...]:
+        return self.forward_ingress if direction == INGRESS else self.forward_egress
+
+
+def resolve_host_endpoint(ordered: Sequence[TierPolicies],
+                          endpoint: Endpoint) -> HostEndpointPolicies:
+    matches = _matcher(endpoint)
+    return HostEndpointPolicies(
+        untracked_ingress=applicable(ordered, INGRESS, matches, is_untracked),
+        untracked_egress=applicable(ordered, EGRESS, matches, is_untracked),
+        pre_dnat_ingress=applicable(ordered, INGRESS, matches, is_pre_dnat),
+        forward_ingress=applicable(ordered, INGRESS, matches, is_forward),
+        forward_egress=applicable(ordered, EGRESS, matches, is_forward),
     )
 
 

@@ -105,6 +105,38 @@ def test_host_endpoint_failsafes_and_policy(lab: AgentLab) -> None:
         "ingress": [{"action": "Allow", "protocol": "TCP", "destination": {"ports": [8080]}}]}))
     converge(lab)
     wait_for("host port 8080 open by policy", lambda: probe(n2ns, n1.ip, "tcp", 8080))
+    got = assert_host_ports_are_oracle(lab, n2ns, lab.nodes["n2"].ip, "n1-underlay", n1.ip,
+                                       [22, 8080])
+    assert got == {22: True, 8080: True}
+
+    # Custom failsafe ports replace the defaults: 22 is now policed (and no policy opens it).
+    lab.apply(res("FelixConfiguration", "default", {
+        "failsafeInboundHostPorts": [{"protocol": "TCP", "port": 8080}]}))
+    converge(lab)
+    wait_for("port 22 no longer a failsafe", lambda: not probe(n2ns, n1.ip, "tcp", 22,
+                                                               timeout=0.5))
+    got = assert_host_ports_are_oracle(lab, n2ns, lab.nodes["n2"].ip, "n1-underlay", n1.ip,
+                                       [22, 8080])
+    assert got == {22: False, 8080: True}  # 8080: now a failsafe (the policy allows it too)
+
+
+def assert_host_ports_are_oracle(lab: AgentLab, src_ns: str, src_ip: str, hep: str,
+                                 hep_ip: str, ports: list[int]) -> dict[int, bool]:
+    """Real TCP probes to a host endpoint equal the evaluator's verdicts (failsafe ports,
+    host endpoint policy); returns them."""
+    from tabby.policy import PolicySet, evaluate, make_flow
+
+    ds, rc = lab.client()
+    try:
+        resources, _ = rc.snapshot()
+    finally:
+        ds.close()
+    ps = PolicySet.from_resources(resources)
+    want = {p: evaluate(ps, make_flow(ps, src_ip, hep, protocol="TCP", port=p)).allowed
+            for p in ports}
+    seen = {p: probe(src_ns, hep_ip, "tcp", p, timeout=1.0) for p in ports}
+    assert seen == want, f"kernel {seen} != policy engine {want}"
+    return want
 
 
 def test_vxlan_between_nodes_passes_host_endpoints(lab: AgentLab) -> None:

@@ -42,7 +42,10 @@ def wep(key: str, ip: str, labels: dict[str, str] | None = None, *,
 
 def hep(name: str, ips: list[str], labels: dict[str, str] | None = None,
         profiles: list[str] | None = None) -> dict[str, Any]:
-    spec: dict[str, Any] = {"node": "n1", "interfaceName": "eth0", "expectedIPs": ips}
+    # Each on a node of its own: traffic between the workloads (node n1) and these hosts
+    # is then remote traffic, which host endpoint policy sees (a workload to its own
+    # host meets DefaultEndpointToHostAction instead; see test_policy_hostendpoints.py).
+    spec: dict[str, Any] = {"node": f"{name}-node", "interfaceName": "eth0", "expectedIPs": ips}
     if profiles:
         spec["profiles"] = profiles
     return {"apiVersion": V3, "kind": "HostEndpoint",
