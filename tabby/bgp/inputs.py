@@ -7,6 +7,7 @@ The agent runtime feeds the controller the same updates it feeds its calculation
     /tabby/v3/bgppeers/<name>                    BGPPeer
     /tabby/v3/bgpconfigurations/<name>           BGPConfiguration `default` and `node.<name>`
     /tabby/v3/ippools/<name>                     IPPool (encapsulation, disableBGPExport)
+    /tabby/v3/bgpfilters/<name>                  BGPFilter (rules BGPPeers refer to by name)
     /tabby/ipam/v2/affinities/<node>/<block>     this node's block affinities
 
 Block contents (/tabby/ipam/v2/blocks/) are deliberately ignored: every allocation rewrites
@@ -20,22 +21,32 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
-from tabby.resources import BGPConfiguration, BGPPeer, IPPool, Node, ResourceError, from_dict
+from tabby.resources import (
+    BGPConfiguration,
+    BGPFilter,
+    BGPPeer,
+    IPPool,
+    Node,
+    ResourceError,
+    from_dict,
+)
 
 NODES = "/tabby/v3/nodes/"
 PEERS = "/tabby/v3/bgppeers/"
 CONFIGS = "/tabby/v3/bgpconfigurations/"
 POOLS = "/tabby/v3/ippools/"
+FILTERS = "/tabby/v3/bgpfilters/"
 AFFINITIES = "/tabby/ipam/v2/affinities/"
 
 # Every prefix the controller wants in its feed (the agent's syncer must include them).
-WATCH_PREFIXES = (NODES, PEERS, CONFIGS, POOLS, AFFINITIES)
+WATCH_PREFIXES = (NODES, PEERS, CONFIGS, POOLS, FILTERS, AFFINITIES)
 
 _KINDS: dict[str, tuple[str, type[Any]]] = {
     NODES: ("Node", Node),
     PEERS: ("BGPPeer", BGPPeer),
     CONFIGS: ("BGPConfiguration", BGPConfiguration),
     POOLS: ("IPPool", IPPool),
+    FILTERS: ("BGPFilter", BGPFilter),
 }
 
 
@@ -66,6 +77,7 @@ class BgpInputs:
     peers: dict[str, BGPPeer] = field(default_factory=dict)
     configs: dict[str, BGPConfiguration] = field(default_factory=dict)
     pools: dict[str, IPPool] = field(default_factory=dict)
+    filters: dict[str, BGPFilter] = field(default_factory=dict)
     # node -> {block CIDR: affinity state ("pending" | "confirmed" | "pendingDeletion")}
     affinities: dict[str, dict[str, str]] = field(default_factory=dict)
     invalid: dict[str, str] = field(default_factory=dict)
@@ -73,12 +85,13 @@ class BgpInputs:
     def copy(self) -> BgpInputs:
         """A snapshot another thread can render from (the models themselves are not mutated)."""
         return BgpInputs(
-            dict(self.nodes),
-            dict(self.peers),
-            dict(self.configs),
-            dict(self.pools),
-            {n: dict(b) for n, b in self.affinities.items()},
-            dict(self.invalid),
+            nodes=dict(self.nodes),
+            peers=dict(self.peers),
+            configs=dict(self.configs),
+            pools=dict(self.pools),
+            filters=dict(self.filters),
+            affinities={n: dict(b) for n, b in self.affinities.items()},
+            invalid=dict(self.invalid),
         )
 
     @staticmethod
@@ -90,7 +103,7 @@ class BgpInputs:
                 return True
             parsed = parse_affinity_key(key)
             return parsed is not None and parsed[0] == node_name
-        return key.startswith((NODES, PEERS, CONFIGS, POOLS))
+        return key.startswith((NODES, PEERS, CONFIGS, POOLS, FILTERS))
 
     def apply(self, key: str, value: dict[str, Any] | None) -> bool:
         """Record one update; True when something BGP reads changed."""
@@ -126,6 +139,7 @@ class BgpInputs:
             PEERS: self.peers,
             CONFIGS: self.configs,
             POOLS: self.pools,
+            FILTERS: self.filters,
         }
         table = tables[prefix]
         had_error = self.invalid.pop(key, None) is not None

@@ -15,6 +15,8 @@ problems found (`Issue`). The rules are Calico's (confd's peering calculation):
   are symmetric (reversePeering: Manual turns this off).
 * A route reflector (this node has a cluster ID) treats a same-AS peer whose cluster ID
   differs from its own as a client (`rr client`); only a reflector re-advertises iBGP routes.
+* BGPFilters: a session made from a BGPPeer carries the names in its `filters`, in order,
+  that exist as valid BGPFilters; a missing or invalid one is left out and reported.
 
 Nothing here can produce a session BIRD would refuse: a peer that cannot be rendered is left
 out and reported as an Issue, which status shows.
@@ -23,10 +25,10 @@ out and reported as an Issue, which status shows.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from tabby.bgp.inputs import BgpInputs
+from tabby.bgp.inputs import FILTERS, BgpInputs
 from tabby.bgp.status import TYPE_GLOBAL, TYPE_MESH, TYPE_NODE, TYPE_RR, TYPE_RR_CLIENT
 from tabby.resources import BGPConfiguration, BGPPeer, Node
 from tabby.resources.common import duration_seconds
@@ -78,6 +80,7 @@ class PeerPlan:
     keepalive_time: int | None = None
     ttl_security: int | None = None
     allow_local_as: int | None = None
+    filters: tuple[str, ...] = ()  # BGPFilter names, in the BGPPeer's order (all exist)
 
 
 @dataclass(frozen=True)
@@ -438,7 +441,24 @@ class _Planner:
             keepalive_time=keepalive,
             ttl_security=spec.ttlSecurity or None,
             allow_local_as=spec.numAllowedLocalASNumbers or None,
+            filters=self.filters(spec.filters or (), cand.source),
         )
+
+    def filters(self, names: Iterable[str], source: str) -> tuple[str, ...]:
+        """The BGPFilters a peer names that can be used; the others are reported and the
+        sessions rendered without them (leaving a session out would cut more routes than
+        a filter could, and a dangling name must not stop a config BIRD would take)."""
+        found: list[str] = []
+        for name in dict.fromkeys(names):  # a repeated name adds nothing: first match wins
+            if name in self.inputs.filters:
+                found.append(name)
+            elif f"{FILTERS}{name}" in self.inputs.invalid:
+                self.issue("warning", source,
+                           f'BGPFilter "{name}" is invalid: sessions rendered without it')
+            else:
+                self.issue("warning", source,
+                           f'BGPFilter "{name}" not found: sessions rendered without it')
+        return tuple(found)
 
 
 def _seconds(duration: str) -> int:

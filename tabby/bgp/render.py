@@ -11,9 +11,14 @@ What the configuration does, per IP family (see docs/design/bgp.md for the reaso
   unallocated address of our block is dropped here instead of following the default route.
 * `tabby_bgp_import4`: routes from peers, except our own blocks (nobody else may announce
   them; a more specific route inside them - an address another node borrowed - is fine).
-* `tabby_bgp_export4`: pool routes only: disableBGPExport pools never; our blocks as
-  aggregates; other pool routes (what a route reflector reflects, what an external peer
-  needs, addresses this node borrowed); service CIDRs; communities per prefixAdvertisements.
+* `tabby_bgp_export4` (the function `tabby_bgp_export_default4`): pool routes only:
+  disableBGPExport pools never; our blocks as aggregates; other pool routes (what a route
+  reflector reflects, what an external peer needs, addresses this node borrowed); service
+  CIDRs; communities per prefixAdvertisements.
+* BGPFilters: a session whose BGPPeer lists filters gets its own import/export filter that
+  calls each filter's function in order (see filters.py) before the default: import keeps
+  the own-block guard first, then the filters, then accepts; export runs the filters, then
+  `tabby_bgp_export_default4()`.
 * `tabby_kernel4`: learns the kernel's routes (underlay routes resolve iBGP next hops;
   workload routes on cali* interfaces in a pool are the borrowed addresses to announce) and
   installs only what BGP learned, plus our blackholes. VXLAN pools are left to the agent;
@@ -29,7 +34,9 @@ import hashlib
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 
+from tabby.bgp import filters as bgpfilters
 from tabby.bgp.inputs import BgpInputs
 from tabby.bgp.peers import (
     Issue,
@@ -118,6 +125,7 @@ class _Family:
     communities: list[tuple[str, list[tuple[int, ...]]]]  # (cidr, [community parts])
     my_subnet: str | None
     agent_ipip: str | None = None  # the agent programs IPIP routes ("kernel" | "bpf")
+    filter_functions: list[list[str]] = dataclass_field(default_factory=list)
 
     @property
     def v(self) -> str:
@@ -203,6 +211,9 @@ def render(inputs: BgpInputs, node_name: str, secrets: SecretLookup | None = Non
         for v in (4, 6)
     ]
 
+    for fam in families:
+        fam.filter_functions = _filter_functions(inputs, peers, fam.version)
+
     w = _Writer()
     w(f'# BIRD configuration of Tabby node "{node_name}", rendered from the datastore by')
     w("# tabby.bgp: do not edit, the node agent rewrites it on every relevant change.")
@@ -230,7 +241,7 @@ def render(inputs: BgpInputs, node_name: str, secrets: SecretLookup | None = Non
     w("}")
     for fam in families:
         _render_family(w, fam)
-    _render_bgp(w, inputs, node_name, me, peers, severity)
+    _render_bgp(w, inputs, node_name, me, peers, severity, {f.version: f for f in families})
     return RenderResult(w.text(), rid, peers, issues, blocks)
 
 
@@ -241,6 +252,7 @@ def _invalid_source(key: str) -> str:
         "bgppeers": "BGPPeer",
         "bgpconfigurations": "BGPConfiguration",
         "ippools": "IPPool",
+        "bgpfilters": "BGPFilter",
     }
     return f'{kinds.get(parts[-2], parts[-2])} "{parts[-1]}"' if len(parts) >= 2 else key
 
@@ -284,7 +296,9 @@ def _render_family(w: _Writer, fam: _Family) -> None:
     w("}")
 
     w()
-    w(f"filter tabby_bgp_export{v} {{")
+    w("# What every BGP session exports unless its BGPFilters decided first.")
+    w(f"function tabby_bgp_export_default{v}()")
+    w("{")
     for pool in fam.pools:
         if pool.spec.disableBGPExport:
             w(f"if net ~ {pool.spec.cidr} then reject;  # {pool.metadata.name}: disableBGPExport", 1)
@@ -300,6 +314,14 @@ def _render_family(w: _Writer, fam: _Family) -> None:
             w(f"if net ~ {pool.spec.cidr} then accept;  # pool {pool.metadata.name}", 1)
     w("reject;", 1)
     w("}")
+    w()
+    w(f"filter tabby_bgp_export{v} {{")
+    w(f"tabby_bgp_export_default{v}();", 1)
+    w("}")
+    for lines in fam.filter_functions:
+        w()
+        for line in lines:
+            w(line)
 
     w()
     w(f"filter tabby_kernel_import{v} {{")
@@ -350,6 +372,22 @@ def _render_family(w: _Writer, fam: _Family) -> None:
     w("}")
 
 
+def _filter_functions(inputs: BgpInputs, peers: list[PeerPlan], version: int) -> list[list[str]]:
+    """The BGPFilter functions this node's sessions of one family call, each once, in a
+    stable order (by filter name, import before export)."""
+    wanted = {
+        use
+        for p in peers
+        if p.version == version
+        for direction in bgpfilters.DIRECTIONS
+        for use in bgpfilters.uses(inputs.filters, p.filters, direction, version)
+    }
+    return [
+        bgpfilters.function_lines(inputs.filters[u.name], u.direction, u.version)
+        for u in sorted(wanted, key=lambda u: (u.name, bgpfilters.DIRECTIONS.index(u.direction)))
+    ]
+
+
 def _render_bgp(
     w: _Writer,
     inputs: BgpInputs,
@@ -357,6 +395,7 @@ def _render_bgp(
     me: NodeBGP | None,
     peers: list[PeerPlan],
     severity: str,
+    families: dict[int, _Family],
 ) -> None:
     w()
     w(f"# {'-' * 30} BGP {'-' * 30}")
@@ -384,10 +423,11 @@ def _render_bgp(
     for i, peer in enumerate(peers):
         if i or (me is not None and me.cluster_id) or not mesh_enabled(inputs):
             w()
-        _render_peer(w, peer, my_as, me if strict else None)
+        _render_peer(w, peer, my_as, me if strict else None, inputs, families[peer.version])
 
 
-def _render_peer(w: _Writer, p: PeerPlan, my_as: int, bind: NodeBGP | None) -> None:
+def _render_peer(w: _Writer, p: PeerPlan, my_as: int, bind: NodeBGP | None,
+                 inputs: BgpInputs, fam: _Family) -> None:
     """One session; `bind` (bindMode NodeIP) pins every session to the node's address."""
     parts = [p.peer_type] + ([] if p.scope == "mesh" else [p.source])
     about = "; ".join(parts) + (f"; node {p.peer_node}" if p.peer_node else "")
@@ -425,11 +465,38 @@ def _render_peer(w: _Writer, p: PeerPlan, my_as: int, bind: NodeBGP | None) -> N
     if p.restart_time:
         w(f"graceful restart time {p.restart_time};", 1)
     w(f"ipv{p.version} {{", 1)
-    w(f"import filter tabby_bgp_import{p.version};", 2)
-    w(f"export filter tabby_bgp_export{p.version};", 2)
+    _render_channel_filters(w, p, inputs, fam)
     w("gateway recursive;", 2)
     w("add paths on;", 2)
     if p.next_hop:
         w(f"next hop {p.next_hop};", 2)
     w("};", 1)
     w("}")
+
+
+def _render_channel_filters(w: _Writer, p: PeerPlan, inputs: BgpInputs, fam: _Family) -> None:
+    """The session's import and export filters: the shared ones, or, when its BGPPeer lists
+    BGPFilters with rules for this family, its own that call them before the default."""
+    v = p.version
+    imports = bgpfilters.uses(inputs.filters, p.filters, "import", v)
+    if not imports:
+        w(f"import filter tabby_bgp_import{v};", 2)
+    else:
+        w("import filter {", 2)
+        # Our own blocks stay out even if a filter accepts them: only this node may
+        # announce them (tabby_bgp_import).
+        for block in fam.blocks:
+            w(f"if net = {block} then reject;  # our own block", 3)
+        for use in imports:
+            w(f'{use.function}();  # BGPFilter "{use.name}"', 3)
+        w("accept;  # no filter decided: the default import", 3)
+        w("};", 2)
+    exports = bgpfilters.uses(inputs.filters, p.filters, "export", v)
+    if not exports:
+        w(f"export filter tabby_bgp_export{v};", 2)
+    else:
+        w("export filter {", 2)
+        for use in exports:
+            w(f'{use.function}();  # BGPFilter "{use.name}"', 3)
+        w(f"tabby_bgp_export_default{v}();  # no filter decided: the default export", 3)
+        w("};", 2)

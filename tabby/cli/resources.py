@@ -274,7 +274,11 @@ COLUMNS: dict[str, tuple[list[tuple[str, Any]], list[tuple[str, Any]]]] = {
              [("DEFAULTACTION", lambda r: r.spec.defaultAction or "")]),
     "BGPPeer": ([("NAME", lambda r: r.name), ("PEERIP", lambda r: r.spec.peerIP or ""),
                  ("NODE", lambda r: r.spec.node or r.spec.nodeSelector or "(global)"),
-                 ("ASN", lambda r: str(r.spec.asNumber or ""))], []),
+                 ("ASN", lambda r: str(r.spec.asNumber or ""))],
+                [("FILTERS", lambda r: _join(r.spec.filters))]),
+    "BGPFilter": ([("NAME", lambda r: r.name)],
+                  [(f"{d.upper()}", lambda r, d=d: str(len(getattr(r.spec, d) or [])))
+                   for d in ("exportV4", "importV4", "exportV6", "importV6")]),
 }
 
 

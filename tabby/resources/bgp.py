@@ -1,4 +1,4 @@
-"""BGPPeer and BGPConfiguration.
+"""BGPPeer, BGPConfiguration and BGPFilter.
 
 BGPConfiguration keeps every field optional, as Calico stores it: an unset field means
 "use the default", and the `default` instance and per-node `node.<name>` instances are
@@ -26,6 +26,7 @@ from .common import (
     check_ipv4,
     check_ipv6,
     int_range,
+    parse_cidr_or_ip,
 )
 from .errors import FieldError, show
 from .meta import Resource
@@ -290,3 +291,145 @@ class BGPConfiguration(Resource):
                         ("spec", fld), f"{fld} can only be set on the 'default' BGPConfiguration"
                     )
         return self
+
+
+# --------------------------------------------------------------------------- BGPFilter
+#
+# Rules are matched in order and the first match decides (Accept or Reject); a route no rule
+# matches goes on to the peer's next filter and finally to the default import/export. A rule
+# matches when all of its conditions hold; a rule with none matches every route.
+
+_FILTER_INTERFACE_RE = re.compile(r"^[a-zA-Z0-9_.*-]{1,15}\Z")
+
+
+def _filter_interface(value: Any) -> str:
+    # Calico's bgpFilterInterface: an interface name in which '*' is a wildcard.
+    if isinstance(value, str) and _FILTER_INTERFACE_RE.match(value):
+        return value
+    raise ValueError(
+        f"invalid interface {show(value)} (1-15 of letters, digits, '_', '.', '-', '*')"
+    )
+
+
+def _filter_cidr(version: int) -> Any:
+    """A strictly masked IPv<version> CIDR, or a bare address (a /32 or /128)."""
+
+    def check(value: Any) -> str:
+        addr, net = parse_cidr_or_ip(value, f"IPv{version} CIDR")
+        if addr.version != version:
+            raise ValueError(f"expected an IPv{version} CIDR, got {show(value)}")
+        if addr != net.network_address:
+            raise ValueError(
+                f"CIDR {show(value)} has host bits set (did you mean {str(net)!r}?)"
+            )
+        return str(value)
+
+    return BeforeValidator(check)
+
+
+class BGPFilterPrefixLengthV4(TabbyModel):
+    min: Annotated[int, int_range(0, 32, "prefix length")] | None = None
+    max: Annotated[int, int_range(0, 32, "prefix length")] | None = None
+
+
+class BGPFilterPrefixLengthV6(TabbyModel):
+    min: Annotated[int, int_range(0, 128, "prefix length")] | None = None
+    max: Annotated[int, int_range(0, 128, "prefix length")] | None = None
+
+
+MatchOperator = Literal["Equal", "NotEqual", "In", "NotIn"]
+
+
+class BGPFilterRule(TabbyModel):
+    """What BGPFilterRuleV4 and BGPFilterRuleV6 share; VERSION says which family."""
+
+    VERSION: ClassVar[int] = 4
+
+    cidr: str | None = None
+    prefixLength: BGPFilterPrefixLengthV4 | BGPFilterPrefixLengthV6 | None = None
+    source: Literal["RemotePeers"] | None = None
+    interface: Annotated[str, BeforeValidator(_filter_interface)] | None = None
+    matchOperator: MatchOperator | None = None
+    action: Literal["Accept", "Reject"]
+
+    @model_validator(mode="after")
+    def _rule(self) -> BGPFilterRule:
+        # cidr and matchOperator only mean something together (an operator needs a CIDR
+        # to compare with, a CIDR an operator saying how), and prefixLength narrows a cidr
+        # match.
+        if self.cidr is not None and self.matchOperator is None:
+            raise FieldError("matchOperator", "matchOperator is required with cidr")
+        if self.matchOperator is not None and self.cidr is None:
+            raise FieldError("cidr", "cidr is required with matchOperator")
+        if self.prefixLength is None:
+            return self
+        if self.cidr is None:
+            raise FieldError("cidr", "cidr is required with prefixLength")
+        lo, hi = self.length_range()
+        plen = self.network().prefixlen
+        given = f"prefixLength {show(self.prefixLength.model_dump(exclude_none=True))}"
+        if self.prefixLength.min is not None and self.prefixLength.max is not None and lo > hi:
+            raise FieldError("prefixLength", f"{given}: min is greater than max")
+        # A range that leaves no length the cidr can match is a rule that never matches,
+        # and BIRD refuses such a prefix pattern: say so here rather than at render time.
+        if self.matchOperator in ("Equal", "NotEqual") and not lo <= plen <= hi:
+            raise FieldError(
+                "prefixLength", f"{given} excludes /{plen}, the only length cidr "
+                f"{show(self.cidr)} has: the rule could never match",
+            )
+        if hi < plen:
+            raise FieldError(
+                "prefixLength", f"{given}: max is shorter than cidr {show(self.cidr)}: "
+                "no route in it could match",
+            )
+        return self
+
+    def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        """The cidr as a network (a bare address is a host route); cidr must be set."""
+        assert self.cidr is not None
+        return ipaddress.ip_network(self.cidr)
+
+    def length_range(self) -> tuple[int, int]:
+        """(min, max) prefix length a route may have: prefixLength, defaulting to the
+        cidr's own length and the family's longest."""
+        longest = 32 if self.VERSION == 4 else 128
+        pl = self.prefixLength
+        lo = pl.min if pl is not None and pl.min is not None else None
+        hi = pl.max if pl is not None and pl.max is not None else longest
+        if lo is None:
+            lo = self.network().prefixlen if self.cidr is not None else 0
+        return lo, hi
+
+
+class BGPFilterRuleV4(BGPFilterRule):
+    VERSION: ClassVar[int] = 4
+
+    cidr: Annotated[str, _filter_cidr(4)] | None = None
+    prefixLength: BGPFilterPrefixLengthV4 | None = None
+
+
+class BGPFilterRuleV6(BGPFilterRule):
+    VERSION: ClassVar[int] = 6
+
+    cidr: Annotated[str, _filter_cidr(6)] | None = None
+    prefixLength: BGPFilterPrefixLengthV6 | None = None
+
+
+class BGPFilterSpec(TabbyModel):
+    exportV4: list[BGPFilterRuleV4] | None = None
+    importV4: list[BGPFilterRuleV4] | None = None
+    exportV6: list[BGPFilterRuleV6] | None = None
+    importV6: list[BGPFilterRuleV6] | None = None
+
+    def rules(self, direction: str, version: int) -> list[BGPFilterRule]:
+        """The rules for "import"/"export" of IPv4/IPv6 routes, in order."""
+        found = getattr(self, f"{direction}V{version}")
+        return list(found or ())
+
+
+class BGPFilter(Resource):
+    KIND: ClassVar[str] = "BGPFilter"
+
+    apiVersion: Literal["projectcalico.org/v3"] = "projectcalico.org/v3"
+    kind: Literal["BGPFilter"] = "BGPFilter"
+    spec: BGPFilterSpec = Field(default_factory=BGPFilterSpec)

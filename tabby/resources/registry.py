@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .bgp import BGPConfiguration, BGPPeer
+from .bgp import BGPConfiguration, BGPFilter, BGPPeer
 from .endpoint import HostEndpoint, WorkloadEndpoint
 from .errors import ResourceError, show
 from .felix import FelixConfiguration
@@ -123,6 +123,7 @@ KINDS: tuple[KindInfo, ...] = (
         "bgpconfigurations",
         ("bgpconfiguration", "bgpconfigurations", "bgpconfig", "bgpconfigs"),
     ),
+    _info(BGPFilter, "bgpfilters", ("bgpfilter", "bgpfilters")),
     _info(
         FelixConfiguration,
         "felixconfigurations",

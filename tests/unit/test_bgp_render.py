@@ -34,7 +34,7 @@ def res(kind: str, name: str, spec: dict[str, Any], labels: dict[str, str] | Non
 
 
 PLURAL = {"Node": "nodes", "BGPPeer": "bgppeers", "BGPConfiguration": "bgpconfigurations",
-          "IPPool": "ippools"}
+          "IPPool": "ippools", "BGPFilter": "bgpfilters"}
 
 
 class Builder:
@@ -59,6 +59,9 @@ class Builder:
 
     def config(self, name: str, **spec: Any) -> Builder:
         return self.add("BGPConfiguration", name, spec)
+
+    def filter(self, name: str, **spec: Any) -> Builder:
+        return self.add("BGPFilter", name, spec)
 
     def block(self, node: str, cidr: str, state: str = "confirmed") -> Builder:
         key = f"/tabby/ipam/v2/affinities/{node}/{cidr.replace('/', '-')}"
@@ -191,6 +194,52 @@ def invalid_things() -> tuple[BgpInputs, str]:
     return b.inputs, "n1"
 
 
+LONG_FILTER = "a-filter-name-much-longer-than-what-a-bird-symbol.can-hold"
+
+
+def bgp_filters() -> tuple[BgpInputs, str]:
+    """BGPFilters on external peers: every operator, prefixLength, source, interface, both
+    families, a filter without rules, a long name, a missing and an invalid filter."""
+    b = (
+        three_nodes()
+        .node("n1", "172.31.0.10/24", ipv6Address="fd00:31::10/64")
+        .pool("v6", "fd10::/48")
+        .block("n1", "fd10::/122")
+        .filter("edge",
+                exportV4=[
+                    {"action": "Reject", "matchOperator": "Equal", "cidr": "10.65.7.192/26"},
+                    {"action": "Accept", "matchOperator": "In", "cidr": "10.65.0.0/16",
+                     "prefixLength": {"max": 26}},
+                    {"action": "Reject", "matchOperator": "NotEqual", "cidr": "10.65.1.0/26",
+                     "source": "RemotePeers"},
+                ],
+                importV4=[
+                    {"action": "Accept", "matchOperator": "In", "cidr": "198.51.100.0/24",
+                     "prefixLength": {"min": 25, "max": 28}},
+                    {"action": "Reject", "matchOperator": "NotIn", "cidr": "203.0.113.0/24"},
+                    {"action": "Reject", "interface": "eth*.10"},
+                ],
+                importV6=[
+                    {"action": "Accept", "matchOperator": "Equal", "cidr": "2001:db8::/64"},
+                    {"action": "Reject", "matchOperator": "NotIn", "cidr": "2001:db8::/32",
+                     "prefixLength": {"min": 48}},
+                    {"action": "Reject"},
+                ],
+                exportV6=[{"action": "Reject", "source": "RemotePeers"}])
+        .filter(LONG_FILTER, exportV4=[{"action": "Accept", "matchOperator": "In",
+                                        "cidr": "192.0.2.0/24", "interface": "cali*"}],
+                exportV6=[{"action": "Accept", "matchOperator": "In", "cidr": "fd10::/48"}])
+        .filter("no-rules")
+        .peer("tor", peerIP="172.31.0.1", asNumber=65000,
+              filters=[LONG_FILTER, "edge", "missing", "no-rules", "broken"])
+        .peer("tor6", peerIP="fd00:31::1", asNumber=65000, filters=["edge"])
+        .peer("plain", peerIP="172.31.0.2", asNumber=65000)
+    )
+    b.inputs.apply("/tabby/v3/bgpfilters/broken", res("BGPFilter", "broken", {
+        "exportV4": [{"action": "Reject", "cidr": "10.0.0.0/8"}]}))  # no matchOperator
+    return b.inputs, "n1"
+
+
 def unknown_node() -> tuple[BgpInputs, str]:
     return three_nodes().inputs, "not-registered"
 
@@ -205,6 +254,7 @@ SCENARIOS: dict[str, Callable[[], tuple[BgpInputs, str]]] = {
     "pools_and_services": pools_and_services,
     "agent_ipip": agent_ipip,
     "invalid_things": invalid_things,
+    "bgp_filters": bgp_filters,
     "unknown_node": unknown_node,
 }
 
