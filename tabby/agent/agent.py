@@ -239,7 +239,14 @@ class Agent:
     def _start_cni_server(self) -> None:
         from tabby.cni.server import CNIServer
 
-        server = CNIServer(log=lambda msg: log.debug("cni: %s", msg))
+        metrics = self.metrics
+
+        def served(plugin: str, command: str, code: int, seconds: float) -> None:
+            metrics.cni_requests.inc(plugin=plugin, command=command,
+                                     result="ok" if code == 0 else "error")
+            metrics.cni_seconds.observe(seconds, command=command)
+
+        server = CNIServer(log=lambda msg: log.debug("cni: %s", msg), on_served=served)
         try:
             server.start()
         except OSError as exc:  # the client then runs the Python plugin itself: slower, correct

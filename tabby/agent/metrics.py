@@ -212,6 +212,12 @@ class AgentMetrics:
                                 "Objects the dataplane cannot program (rejected, unsupported)",
                                 ["dataplane"])
         self.ready = r.gauge("tabby_ready", "1 when the agent reports ready")
+        self.cni_requests = r.counter(
+            "tabby_cni_requests_total", "CNI invocations served for the exec'd tabby-cni client",
+            ["plugin", "command", "result"])
+        self.cni_seconds = r.histogram("tabby_cni_seconds",
+                                       "Time the agent took to serve one CNI invocation",
+                                       ["command"])
 
     def render(self) -> str:
         return self.registry.render()

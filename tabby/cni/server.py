@@ -100,9 +100,11 @@ def serve_one(name: str, env: dict[str, str], data: bytes) -> tuple[int, bytes]:
 class CNIServer:
     """Accepts client connections on the abstract socket and serves each in a thread."""
 
-    def __init__(self, name: str = SOCKET_NAME, log: Callable[[str], None] | None = None) -> None:
+    def __init__(self, name: str = SOCKET_NAME, log: Callable[[str], None] | None = None,
+                 on_served: Callable[[str, str, int, float], None] | None = None) -> None:
         self.name = name
         self.log = log or (lambda msg: None)
+        self.on_served = on_served  # (plugin, command, exit code, seconds), e.g. metrics
         self.served = 0
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -161,10 +163,13 @@ class CNIServer:
                     return
                 t0 = time.perf_counter()
                 code, out = serve_one(name, env, data)
+                seconds = time.perf_counter() - t0
                 self.served += 1
-                self.log(f"{name} {env.get('CNI_COMMAND', '?')} "
-                         f"{env.get('CNI_CONTAINERID', '')} -> exit {code} "
-                         f"in {(time.perf_counter() - t0) * 1000:.1f} ms")
+                command = env.get("CNI_COMMAND", "?")
+                self.log(f"{name} {command} {env.get('CNI_CONTAINERID', '')} -> exit {code} "
+                         f"in {seconds * 1000:.1f} ms")
+                if self.on_served is not None:
+                    self.on_served(name, command, code, seconds)
                 conn.sendall(encode_answer(code, out))
         except OSError as exc:
             self.log(f"connection failed: {exc}")

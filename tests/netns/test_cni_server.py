@@ -113,3 +113,29 @@ def test_only_root_is_served(served: Served) -> None:
     assert proc.returncode == 1 and json.loads(proc.stdout)["code"] == 11, proc.stdout
     assert served.log_lines(1)[0].startswith("refused a client of uid 65534")
     assert lab.allocations() == [] and lab.node_links() == []
+
+
+def test_the_node_agent_serves_its_namespace(topology: Callable[..., Any], tmp_path: Path) -> None:
+    from test_agent_support import AgentLab
+
+    from tabby.cni.install import install
+    from tabby.lab import netns as nsops
+
+    lab = AgentLab.make(topology(), tmp_path, nodes=1)
+    lab.start_agent("n1")
+    lab.wait_ready()
+    install(bin_dir=str(tmp_path / "bin"), conf_dir=str(tmp_path / "net.d"), datastore=lab.url,
+            nodename="n1")
+    lab.ensure_namespace("default")
+    pod_ns = lab.topo.add_namespace("pod1")
+    conf = {"cniVersion": "1.0.0", "name": "tabby", "type": "tabby-cni", "datastore": lab.url,
+            "nodename": "n1", "ipam": {"type": "tabby-ipam"}}
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "cid-pod1", "CNI_NETNS": f"/run/netns/{pod_ns}",
+           "CNI_IFNAME": "eth0", "CNI_PATH": str(tmp_path / "bin")}
+    proc = nsops.run(lab.nodes["n1"].netns, [str(tmp_path / "bin" / "tabby-cni")],
+                     input=json.dumps(conf), env=env, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout
+    assert json.loads(proc.stdout)["ips"][0]["address"].startswith("10.65.")
+    met = lab.metrics("n1")
+    assert met['tabby_cni_requests_total{plugin="tabby-cni",command="ADD",result="ok"}'] == 1
+    assert met['tabby_cni_seconds_count{command="ADD"}'] == 1
