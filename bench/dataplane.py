@@ -8,7 +8,7 @@
 (p50/p99), and (c) `tabby node run` from cold (and warm) until ready, with 1,000 local
 endpoints; see part_bc below.
 
-(d) nftables policy dataplane. Seven node namespaces, each with two workloads wired
+(d) nftables policy dataplane. Eight node namespaces, each with two workloads wired
 Calico-style, traffic from the first to the second across the node's forward path; each
 node holds one scenario, loaded once:
 
@@ -20,11 +20,19 @@ node holds one scenario, loaded once:
     10k-in-path     the same 10,000 rules in the server's own ingress tier, all evaluated
                     (none matching) before the last policy allows; rules merged
                     (tabby/dataplane/nft/merge.py): each policy's 20 rules share an IP set
-                    and become one rule with a port set, so 500 policies remain
+                    and become one rule with a port set; the 500 policies, allow-only
+                    and keyed by port, are looked up by `meta l4proto . th dport` in one
+                    verdict map (tiers.py, portmap.py) and the last is inlined into the
+                    tier chain, so a packet's walk is one map lookup and two rules
+    10k-in-path-jumps    the same, merged but every policy jumped to (before the port
+                    index and inlining: 500 jumps, each followed by a mark check)
     10k-in-path-linear   the same, rendered one nft rule per policy rule (before merging)
     1-policy-10k    one policy of 10,000 rules (own /32 source and port each, none
                     matching) in the server's ingress tier; merged: one set lookup
     1-policy-10k-linear  the same, one nft rule per policy rule
+
+"-linear" and "-jumps" render with `inline_max=0, index_min=0`: every policy its own
+chain, jumped to in turn.
 
 Samples are interleaved round-robin across the scenarios, so load from other jobs hits
 all of them alike; each figure is the best of the rounds (load only slows a sample) with
@@ -59,7 +67,7 @@ from tabby.calc.messages import (  # noqa: E402
 )
 from tabby.dataplane.nft import NftDataplane, build, samples  # noqa: E402
 from tabby.dataplane.nft.model import full_text  # noqa: E402
-from tabby.dataplane.nft.render import DataplaneState  # noqa: E402
+from tabby.dataplane.nft.render import INDEX_MIN, INLINE_MAX, DataplaneState  # noqa: E402
 from tabby.lab import netns as nsops  # noqa: E402
 
 Row = dict[str, Any]
@@ -148,13 +156,25 @@ def _sample(topo: Any, w1: Any, w2: Any, metric: str, secs: float) -> float:
     return float(r.stdout.strip())
 
 
-def _table_size(state: DataplaneState, merge: bool) -> int:
+def _table_size(state: DataplaneState, merge: bool, inline_max: int, index_min: int) -> int:
     """Bytes of the `nft -f` file that loads the whole table."""
-    return len(full_text(build(state, merge=merge).ruleset).text())
+    return len(full_text(build(state, merge=merge, inline_max=inline_max,
+                               index_min=index_min).ruleset).text())
 
 
-SCENARIOS = ["baseline", "tabby-empty", "10k-elsewhere", "10k-in-path", "10k-in-path-linear",
-             "1-policy-10k", "1-policy-10k-linear"]
+def _render_opts(name: str) -> tuple[bool, int, int]:
+    """(merge, inline_max, index_min) of a scenario: "-linear" is the renderer before
+    merging, "-jumps" the one before inlining and the port index; the others are the
+    driver's defaults."""
+    if name.endswith("-linear"):
+        return False, 0, 0
+    if name.endswith("-jumps"):
+        return True, 0, 0
+    return True, INLINE_MAX, INDEX_MIN
+
+
+SCENARIOS = ["baseline", "tabby-empty", "10k-elsewhere", "10k-in-path", "10k-in-path-jumps",
+             "10k-in-path-linear", "1-policy-10k", "1-policy-10k-linear"]
 METRICS = ["tcp_gbps", "rr", "cps"]
 
 
@@ -180,12 +200,14 @@ def part_d(args: argparse.Namespace) -> list[Row]:
             assert srv.stdout is not None and srv.stdout.readline().strip() == "READY"
             state = _scenario_state(name, args.rules, w1, w2)
             if state is not None:
-                merge = not name.endswith("-linear")
-                dp = NftDataplane(node.netns, merge_rules=merge)
+                merge, inline, index = _render_opts(name)
+                dp = NftDataplane(node.netns, merge_rules=merge, inline_max=inline,
+                                  index_min=index)
                 dp.replace_state(state)
                 dp.on_update(InSync())
                 res = dp.apply()
-                sizes[name] = (res.rules, res.elements, _table_size(state, merge), res.nft_seconds)
+                sizes[name] = (res.rules, res.elements, _table_size(state, merge, inline, index),
+                               res.nft_seconds)
             else:
                 sizes[name] = (0, 0, 0, 0.0)
             pairs[name] = (node, w1, w2)
@@ -223,12 +245,16 @@ def part_d(args: argparse.Namespace) -> list[Row]:
 
 def _apply_times(ns: str) -> list[Row]:
     rows: list[Row] = []
-    cases = [(n, per_set, what, merge) for n, per_set, what in (
+    from tabby.calc.messages import PolicyId, PolicyUpdate
+
+    variants = (("merged", True, INLINE_MAX, INDEX_MIN), ("merged, jumps", True, 0, 0),
+                ("linear", False, 0, 0))
+    cases = [(n, per_set, what, v) for n, per_set, what in (
         (1000, 20, "1k rules, 50 IP sets"), (10000, 20, "10k rules, 500 IP sets"),
-        (10000, 2, "10k rules, 5,000 IP sets")) for merge in (True, False)]
-    for n, per_set, what, merge in cases:
-        label = f"{what}, {'merged' if merge else 'linear'}"
-        dp = NftDataplane(ns, merge_rules=merge)
+        (10000, 2, "10k rules, 5,000 IP sets")) for v in variants]
+    for n, per_set, what, (vname, merge, inline, index) in cases:
+        label = f"{what}, {vname}"
+        dp = NftDataplane(ns, merge_rules=merge, inline_max=inline, index_min=index)
         dp.remove_table()
         state = samples.scale(n, endpoints=2, rules_per_set=per_set,
                               set_size=20 if per_set == 20 else 2)
@@ -255,9 +281,18 @@ def _apply_times(ns: str) -> list[Row]:
         d100 = dp.apply()
         dp.on_update(_wep("calinew0001", "10.65.9.9", next(iter(dp.state.workloads.values())).tiers))
         dep = dp.apply()
+        # one rule of one mid-tier policy gets another port: its chain is rewritten
+        # (and, indexed, two elements of the port map change)
+        pid = PolicyId("default", f"bench-{n // 40:04d}")
+        rules = list(dp.state.policies[pid].inbound_rules)
+        rules[3] = Rule("allow", protocol="tcp", src_ip_set_ids=rules[3].src_ip_set_ids,
+                        dst_ports=(65000,))
+        dp.on_update(PolicyUpdate(pid, tuple(rules)))
+        dpol = dp.apply()
         for what, r in (("IP set delta, 1 member replaced", d1),
                         ("IP set delta, 100 members added", d100),
-                        ("endpoint added (new chains + map elements)", dep)):
+                        ("endpoint added (new chains + map elements)", dep),
+                        ("one rule of one policy changed", dpol)):
             rows.append({"apply": f"{what}, on {label}", "mode": r.mode, "lines": r.lines,
                          "render_s": round(r.render_seconds, 4), "nft_s": round(r.nft_seconds, 4)})
         dp.remove_table()
@@ -273,7 +308,8 @@ def _one_policy_apply_times(ns: str) -> list[Row]:
     rows: list[Row] = []
     for merge in (True, False):
         label = f"1 policy of 10k rules, {'merged' if merge else 'linear'}"
-        dp = NftDataplane(ns, merge_rules=merge)
+        dp = NftDataplane(ns, merge_rules=merge, inline_max=INLINE_MAX if merge else 0,
+                          index_min=INDEX_MIN if merge else 0)
         dp.remove_table()
         dp.replace_state(samples.one_policy(10000))
         dp.on_update(InSync())

@@ -28,8 +28,10 @@ from tabby.dataplane.nft.model import NftChain, NftSet, Ruleset, delta_text, ful
 class FakeNft(NftDataplane):
     """Records every `nft` call; `fail` holds stderr texts to fail the next calls with."""
 
-    def __init__(self) -> None:
-        super().__init__(None)
+    def __init__(self, inline_max: int = 0) -> None:
+        # 0: every policy keeps its own chain, the layout these tests look at (inlining
+        # into tier chains is tested in test_nft_render_inline.py)
+        super().__init__(None, inline_max=inline_max)
         self.calls: list[str] = []
         self.fail: list[str] = []
 

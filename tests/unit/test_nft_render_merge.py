@@ -232,8 +232,10 @@ def test_merge_off_is_one_nft_rule_per_policy_rule() -> None:
 
 
 class Recorder(NftDataplane):
-    def __init__(self) -> None:
-        super().__init__(None)
+    def __init__(self, inline_max: int = 0) -> None:
+        # 0: every policy keeps its own chain, the layout these tests look at (inlining
+        # into tier chains is tested in test_nft_render_inline.py)
+        super().__init__(None, inline_max=inline_max)
         self.calls: list[str] = []
         self.fail: list[str] = []
 

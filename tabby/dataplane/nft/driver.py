@@ -37,9 +37,12 @@ from tabby.dataplane.nft import model
 from tabby.dataplane.nft.model import NftSet, Ruleset, Text
 from tabby.dataplane.nft.names import FAMILY, TABLE, ipset_name
 from tabby.dataplane.nft.render import (
+    INDEX_MIN,
+    INLINE_MAX,
     SET_TYPES,
     ChainCache,
     DataplaneState,
+    Rendered,
     build,
     policy_owner,
     profile_owner,
@@ -90,7 +93,8 @@ class ExistingTable:
 
 class NftDataplane:
     def __init__(self, netns: str | None = None, *, nft: str = "nft", timeout: float = 60.0,
-                 require_in_sync: bool = True, merge_rules: bool = True) -> None:
+                 require_in_sync: bool = True, merge_rules: bool = True,
+                 inline_max: int = INLINE_MAX, index_min: int = INDEX_MIN) -> None:
         if netns is not None and (not _NETNS.match(netns) or netns in (".", "..")):
             raise ValueError(f"netns: invalid namespace name {netns!r}")
         self.netns = netns
@@ -99,6 +103,11 @@ class NftDataplane:
         self.state = DataplaneState()
         self.in_sync = not require_in_sync
         self.merge_rules = merge_rules  # False: one nft rule per policy rule (see merge.py)
+        # Allow-only policies of at most this many nft rules are copied into their tier
+        # chains instead of jumped to, and runs of at least index_min port-keyed ones
+        # are looked up by port (tiers.py); 0 and 0: every policy jumped to in turn.
+        self.inline_max = inline_max
+        self.index_min = index_min
         self._applied: Ruleset | None = None  # what the kernel has, as far as we know
         self._problems: dict[str, str] = {}
         self._structural = True  # something beyond IP set members changed
@@ -226,7 +235,7 @@ class NftDataplane:
         if fast is not None:
             desired, problems = fast, self._problems
         else:
-            rendered = build(self.state, self._cache, merge=self.merge_rules)
+            rendered = self._build()
             desired, problems = rendered.ruleset, rendered.problems
         text: Text | None = None
         mode = "full"
@@ -257,7 +266,7 @@ class NftDataplane:
                 log.error("nft rejected %s: %s", owner, reason)
                 self.state.rejected[owner] = reason
             self._structural = True
-            rendered = build(self.state, self._cache, merge=self.merge_rules)
+            rendered = self._build()
             text = model.full_text(rendered.ruleset)
             try:
                 self._run(["-f", "-"], text.text())
@@ -269,6 +278,10 @@ class NftDataplane:
         self._done(desired, problems)
         return ApplyResult(mode, render_s, nft_s, len(text.lines), desired.rule_count(),
                            desired.element_count(), dict(problems))
+
+    def _build(self) -> Rendered:
+        return build(self.state, self._cache, merge=self.merge_rules,
+                     inline_max=self.inline_max, index_min=self.index_min)
 
     def _done(self, desired: Ruleset, problems: dict[str, str]) -> None:
         self._applied = desired

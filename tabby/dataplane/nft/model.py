@@ -8,8 +8,9 @@
 * `delta_text(old, new)` - one file that turns `old` into `new` in place, in a written
   order so every reference resolves at every step: declare new sets/maps/chains; change
   set elements; rewrite changed chains (flush + add rule); re-point map elements;
-  empty then delete removed chains; delete removed sets/maps. `None` if it cannot be done
-  in place (a base chain's hook changed, a set's type changed), meaning: use full_text.
+  empty removed chains, delete removed maps, delete removed chains; delete removed sets.
+  `None` if it cannot be done in place (a base chain's hook changed, a set's or map's
+  type changed), meaning: use full_text.
 
 How set elements change depends on the kernel's set backend (measured on 6.18, 10k
 elements): a one-dimension interval set (rbtree) deletes elements one by one very slowly
@@ -54,13 +55,25 @@ class NftSet:
 
 @dataclass(frozen=True)
 class NftMap:
-    """A verdict map keyed by interface name: {ifname: chain to goto}."""
+    """A verdict map: {key: chain to goto/jump}. By default keyed by interface name
+    (endpoint dispatch: `goto`); a tier's port index (portmap.py) is keyed by
+    `inet_proto . inet_service` and jumps (the tier chain goes on after it)."""
 
     name: str
     elements: tuple[tuple[str, str], ...]  # sorted (key, target chain)
+    type: str = "ifname"
+    interval: bool = False
+    verb: str = "goto"
+    owner: str | None = None
 
     def decl(self) -> str:
-        return "type ifname : verdict;"
+        return f"type {self.type} : verdict;" + (" flags interval;" if self.interval else "")
+
+    def key(self, k: str) -> str:
+        return f'"{k}"' if self.type == "ifname" else k
+
+    def element(self, k: str, v: str) -> str:
+        return f"{self.key(k)} : {self.verb} {v}"
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,12 @@ class NftChain:
     hook: str | None = None  # "type filter hook forward priority filter; policy accept;"
     owner: str | None = None
     note: str = ""
+    # Per-rule owners when they differ from `owner` (a tier chain holding copies of
+    # inlined policies' rules): an nft error on such a line blames the policy.
+    rule_owners: tuple[str | None, ...] | None = None
+
+    def rule_owner(self, i: int) -> str | None:
+        return self.rule_owners[i] if self.rule_owners is not None else self.owner
 
 
 @dataclass
@@ -140,21 +159,21 @@ def full_text(rs: Ruleset) -> Text:
         t.add("  }", s.owner)
     for m in rs.maps.values():
         if not m.elements:
-            t.add(f"  map {m.name} {{ {m.decl()} }}")
+            t.add(f"  map {m.name} {{ {m.decl()} }}", m.owner)
             continue
-        t.add(f"  map {m.name} {{ {m.decl()}")
-        t.add("    elements = {")
-        _elements(t, [f'"{k}" : goto {v}' for k, v in m.elements], None, "      ")
-        t.add("    }")
-        t.add("  }")
+        t.add(f"  map {m.name} {{ {m.decl()}", m.owner)
+        t.add("    elements = {", m.owner)
+        _elements(t, [m.element(k, v) for k, v in m.elements], m.owner, "      ")
+        t.add("    }", m.owner)
+        t.add("  }", m.owner)
     for c in rs.chains.values():
         t.add(f"  chain {c.name} {{", c.owner)
         if c.hook:
             t.add(f"    {c.hook}", c.owner)
         if c.note:
             t.add(f"    {comment(c.note)}", c.owner)
-        for r in c.rules:
-            t.add(f"    {r}", c.owner)
+        for i, r in enumerate(c.rules):
+            t.add(f"    {r}", c.rule_owner(i))
         t.add("  }", c.owner)
     t.add("}")
     return t
@@ -171,6 +190,10 @@ def delta_text(old: Ruleset, new: Ruleset, *, interval_flush: bool = True) -> Te
         os_ = old.sets.get(name)
         if os_ is not None and (os_.type, os_.interval) != (s.type, s.interval):
             return None
+    for name, m in new.maps.items():
+        om = old.maps.get(name)
+        if om is not None and (om.type, om.interval, om.verb) != (m.type, m.interval, m.verb):
+            return None
     for name, oc in old.chains.items():
         if oc.hook and name not in new.chains:
             return None
@@ -181,7 +204,7 @@ def delta_text(old: Ruleset, new: Ruleset, *, interval_flush: bool = True) -> Te
             t.add(f"add set {T} {name} {{ {s.decl()} }}", s.owner)
     for name, m in new.maps.items():
         if name not in old.maps:
-            t.add(f"add map {T} {name} {{ {m.decl()} }}")
+            t.add(f"add map {T} {name} {{ {m.decl()} }}", m.owner)
     for name, c in new.chains.items():
         if name not in old.chains:
             t.add(f"add chain {T} {name}", c.owner)
@@ -226,8 +249,8 @@ def delta_text(old: Ruleset, new: Ruleset, *, interval_flush: bool = True) -> Te
             continue
         if name not in refill and oc is not None and oc.rules:
             t.add(f"flush chain {T} {name}", c.owner)
-        for r in c.rules:
-            t.add(f"add rule {T} {name} {r}", c.owner)
+        for i, r in enumerate(c.rules):
+            t.add(f"add rule {T} {name} {r}", c.rule_owner(i))
 
     # 4. verdict map elements: delete then add (re-adding a key says "File exists").
     for name, m in new.maps.items():
@@ -235,25 +258,28 @@ def delta_text(old: Ruleset, new: Ruleset, *, interval_flush: bool = True) -> Te
         now = dict(m.elements)
         gone = [k for k in was if k not in now or now[k] != was[k]]
         if gone:
-            keys = ", ".join(f'"{k}"' for k in sorted(gone))
-            t.add(f"delete element {T} {name} {{ {keys} }}")
+            keys = ", ".join(m.key(k) for k in sorted(gone))
+            t.add(f"delete element {T} {name} {{ {keys} }}", m.owner)
         new_elems = sorted((k, v) for k, v in now.items() if was.get(k) != v)
         if new_elems:
-            elems = ", ".join(f'"{k}" : goto {v}' for k, v in new_elems)
-            t.add(f"add element {T} {name} {{ {elems} }}")
+            elems = ", ".join(m.element(k, v) for k, v in new_elems)
+            t.add(f"add element {T} {name} {{ {elems} }}", m.owner)
 
-    # 5. removed chains: empty them all first (they may jump to each other), then delete.
+    # 5. removed chains: empty them all first (they may jump to each other); then the
+    # removed maps, whose rules are gone now and whose elements may jump to those
+    # chains (the kernel refuses to delete a chain a map element still names); then
+    # the chains.
     gone_chains = [n for n in old.chains if n not in new.chains]
     for name in gone_chains:
         if old.chains[name].rules and name not in refill:
             t.add(f"flush chain {T} {name}", old.chains[name].owner)
+    for name in old.maps:
+        if name not in new.maps:
+            t.add(f"delete map {T} {name}", old.maps[name].owner)
     for name in gone_chains:
         t.add(f"delete chain {T} {name}", old.chains[name].owner)
 
-    # 6. removed maps and sets, now that no rule or element refers to them.
-    for name in old.maps:
-        if name not in new.maps:
-            t.add(f"delete map {T} {name}")
+    # 6. removed sets, now that no rule refers to them.
     for name in old.sets:
         if name not in new.sets:
             t.add(f"delete set {T} {name}", old.sets[name].owner)

@@ -14,7 +14,9 @@ into `nft -f` input. The layout (see docs/design/dataplane.md):
   drop; a tier chain (shared by endpoints with the same policies) jumps to its policy
   chains in order; a policy chain's Allow/Pass set a mark bit and return; Allow returns
   all the way out, Pass skips the rest of the tier, and the end of a tier drops unless
-  it passed (or the tier's default action is Pass);
+  it passed (or the tier's default action is Pass). With `inline_max` / `index_min`
+  (the driver's default), small allow-only policies are copied into the tier chain and
+  long runs of port-keyed allow-only ones are looked up by port instead (tiers.py);
 * policy/profile chains: one per (policy, direction) that some endpoint uses; runs of
   same-action rules that differ only in CIDRs/ports become set lookups (merge.py).
 
@@ -25,7 +27,6 @@ policy the kernel rejected, makes its policy chain a single drop (reported in
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -45,13 +46,25 @@ from tabby.calc.messages import (
 )
 from tabby.dataplane.encap import VXLAN_PORT
 from tabby.dataplane.nft import names as n
+from tabby.dataplane.nft.ipsets import SET_TYPES, set_elements
 from tabby.dataplane.nft.merge import compile_rules
 from tabby.dataplane.nft.model import NftChain, NftMap, NftSet, Ruleset
+from tabby.dataplane.nft.portmap import Key, port_keys
 from tabby.dataplane.nft.rules import RuleError, port_literal
+from tabby.dataplane.nft.tiers import PolicyInfo, tier_rules
 
 ACCEPT_RETURN = f"{n.mark_set(n.MARK_ACCEPT)} return"
 PASS_RETURN = f"{n.mark_set(n.MARK_PASS)} return"
 POLICY_VERDICTS = {"allow": ACCEPT_RETURN, "deny": "drop", "pass": PASS_RETURN}
+# A policy direction whose rules are all Allow and compile to at most this many nft rules
+# is inlined into its tier chains (tiers.py). Each tier chain using it holds a copy, so
+# the table grows by at most INLINE_MAX / 2 times the jump + check pair it replaces; a
+# change to the policy rewrites those tier chains instead of its own.
+INLINE_MAX = 4
+# A run of at least this many allow-only policies whose rules all name a protocol and
+# destination ports is looked up by port in one verdict map (tiers.py, portmap.py).
+# Fewer are cheaper inlined or jumped to than an extra map in the table.
+INDEX_MIN = 8
 ICMPV6_TO_HOST = "{ 130, 131, 132, 133, 135, 136 }"  # MLD, router/neighbour discovery
 # Neighbour/router discovery is never policed on host endpoints: without it IPv6 stops
 # working on the link altogether (a failsafe of the same kind as Calico's port lists).
@@ -103,65 +116,6 @@ def profile_owner(profile_id: str) -> str:
     return f"profile:{profile_id}"
 
 
-# --- IP set members ----------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=1 << 17)
-def set_elements(kind: str, members: frozenset[str]) -> tuple[frozenset[str], frozenset[str]]:
-    """(IPv4 elements, IPv6 elements) as nft element text; ValueError names a bad member.
-
-    "net" members are collapsed (an interval set refuses overlapping ranges)."""
-    v4: list[str] = []
-    v6: list[str] = []
-    if kind == "net":
-        nets4: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-        nets6: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-        for m in members:
-            try:
-                net = ipaddress.ip_network(m, strict=False)
-            except ValueError:
-                raise ValueError(f"IPSetUpdate.members: invalid CIDR {m!r}") from None
-            (nets4 if net.version == 4 else nets6).append(net)
-        for nets, out in ((nets4, v4), (nets6, v6)):
-            for c in ipaddress.collapse_addresses(nets):  # type: ignore[type-var]
-                out.append(str(c.network_address) if c.prefixlen == c.max_prefixlen else str(c))
-    elif kind == "ip":
-        for m in members:
-            try:
-                addr = ipaddress.ip_interface(m)
-            except ValueError:
-                raise ValueError(f"IPSetUpdate.members: invalid address {m!r}") from None
-            if addr.network.prefixlen != addr.max_prefixlen:
-                raise ValueError(f"IPSetUpdate.members: {m!r} is a network in an 'ip' set")
-            (v4 if addr.version == 4 else v6).append(str(addr.ip))
-    else:  # ip-port: "10.0.0.1,tcp:8080"
-        for m in members:
-            try:
-                ip_text, rest = m.rsplit(",", 1)
-                proto, port_text = rest.split(":")
-                addr = ipaddress.ip_interface(ip_text)
-                port = int(port_text)
-                proto = proto.lower()
-                if proto not in ("tcp", "udp", "sctp") or not 0 <= port <= 65535:
-                    raise ValueError
-            except ValueError:
-                raise ValueError(
-                    f"IPSetUpdate.members: invalid named-port member {m!r} (want ip,proto:port)"
-                ) from None
-            (v4 if addr.version == 4 else v6).append(f"{addr.ip} . {proto} . {port}")
-    return frozenset(v4), frozenset(v6)
-
-
-SET_TYPES = {
-    ("ip", 4): ("ipv4_addr", False),
-    ("ip", 6): ("ipv6_addr", False),
-    ("net", 4): ("ipv4_addr", True),
-    ("net", 6): ("ipv6_addr", True),
-    ("ip-port", 4): ("ipv4_addr . inet_proto . inet_service", False),
-    ("ip-port", 6): ("ipv6_addr . inet_proto . inet_service", False),
-}
-
-
 @dataclass(frozen=True)
 class _Cached:
     """A compiled policy/profile chain and what it depended on."""
@@ -173,6 +127,7 @@ class _Cached:
     chain: NftChain
     sets: tuple[NftSet, ...]  # the chain's own named sets (merged rules)
     problem: str | None
+    keys: tuple[Key, ...] | None  # portmap.port_keys of the rules (tier port index)
 
 
 # (chain name, owner) -> compiled chain; the driver keeps one across builds so a change
@@ -185,16 +140,21 @@ ChainCache = dict[tuple[str, str], _Cached]
 
 class _Builder:
     def __init__(self, state: DataplaneState, cache: ChainCache | None = None,
-                 merge: bool = True) -> None:
+                 merge: bool = True, inline_max: int = 0, index_min: int = 0) -> None:
         self.s = state
         self.merge = merge
+        self.inline_max = inline_max
+        self.index_min = index_min
         self.cache = cache if cache is not None else {}
         self.refs: set[str] = set()  # set ids looked up while compiling one chain
         self.touched: set[tuple[str, str]] = set()
         self.cfg = state.config
         self.rs = Ruleset()
         self.problems: dict[str, str] = {}
-        self.policy_chains: dict[str, NftChain] = {}
+        self.policy_chains: dict[str, NftChain] = {}  # the ones tier chains jump to
+        self.policy_infos: dict[str, PolicyInfo] = {}  # every policy compiled, by chain name
+        self.index_maps: dict[str, NftMap] = {}  # tier port indexes (tiers.py)
+        self.index_chains: dict[str, NftChain] = {}  # their jump-to-several chains
         self.rule_sets: list[NftSet] = []  # named sets of merged policy/profile rules
         self.profile_chains: dict[str, NftChain] = {}
         self.tier_chains: dict[str, NftChain] = {}
@@ -234,7 +194,7 @@ class _Builder:
     # -- policies and profiles --
 
     def _rules_chain(self, name: str, owner: str, msg: PolicyUpdate | ProfileUpdate,
-                     inbound: bool, label: str) -> NftChain:
+                     inbound: bool, label: str) -> _Cached:
         rejected = self.s.rejected.get(owner)
         key = (name, owner)
         self.touched.add(key)
@@ -243,12 +203,13 @@ class _Builder:
             self.refs = set()
             chain, sets, problem = self._compile_chain(name, owner, msg, inbound, label, rejected)
             shapes = tuple(sorted((sid, self._shape(sid)) for sid in self.refs))
-            hit = _Cached(msg, self.cfg.log_prefix, rejected, shapes, chain, sets, problem)
+            keys = port_keys(msg.inbound_rules if inbound else msg.outbound_rules)
+            hit = _Cached(msg, self.cfg.log_prefix, rejected, shapes, chain, sets, problem, keys)
             self.cache[key] = hit
         if hit.problem is not None:
             self.problems[owner] = hit.problem
         self.rule_sets += hit.sets
-        return hit.chain
+        return hit
 
     def _still_valid(self, hit: _Cached, msg: object, rejected: str | None) -> bool:
         if not (hit.msg is msg or hit.msg == msg):
@@ -281,20 +242,28 @@ class _Builder:
                             owner=owner, note=label), (), str(exc)
         return NftChain(name, tuple(lines), owner=owner, note=label), tuple(sets), None
 
-    def policy_chain(self, pid: PolicyId, inbound: bool) -> str:
+    def policy_info(self, pid: PolicyId, inbound: bool) -> PolicyInfo:
+        """The policy's compiled chain and what tiers.py needs to know to inline or
+        index it; the chain goes into the table only if a tier chain jumps to it."""
         name = n.policy_chain(str(pid), inbound)
-        if name not in self.policy_chains:
-            owner = policy_owner(pid)
-            label = f"policy {pid} {'ingress' if inbound else 'egress'}"
-            pol = self.s.policies.get(pid)
-            if pol is None:
-                self.problems[owner] = "endpoint refers to a policy that was never sent"
-                chain = NftChain(name, (f"drop {n.comment(f'{label}: unknown policy')}",),
-                                 owner=owner, note=label)
-            else:
-                chain = self._rules_chain(name, owner, pol, inbound, label)
-            self.policy_chains[name] = chain
-        return name
+        if name in self.policy_infos:
+            return self.policy_infos[name]
+        owner = policy_owner(pid)
+        label = f"policy {pid} {'ingress' if inbound else 'egress'}"
+        pol = self.s.policies.get(pid)
+        if pol is None:
+            self.problems[owner] = "endpoint refers to a policy that was never sent"
+            chain = NftChain(name, (f"drop {n.comment(f'{label}: unknown policy')}",),
+                             owner=owner, note=label)
+            info = PolicyInfo(chain, False, None)
+        else:
+            hit = self._rules_chain(name, owner, pol, inbound, label)
+            rules = pol.inbound_rules if inbound else pol.outbound_rules
+            # A failed-closed policy keeps its chain (a single drop, its owner visible).
+            allow_only = hit.problem is None and all(r.action == "allow" for r in rules)
+            info = PolicyInfo(hit.chain, allow_only, hit.keys if allow_only else None)
+        self.policy_infos[name] = info
+        return info
 
     def profile_chain(self, profile_id: str, inbound: bool) -> str:
         name = n.profile_chain(profile_id, inbound)
@@ -308,7 +277,7 @@ class _Builder:
                 chain = NftChain(name, (f"drop {n.comment(f'{label}: unknown profile')}",),
                                  owner=owner, note=label)
             else:
-                chain = self._rules_chain(name, owner, prof, inbound, label)
+                chain = self._rules_chain(name, owner, prof, inbound, label).chain
             self.profile_chains[name] = chain
         return name
 
@@ -348,18 +317,24 @@ class _Builder:
         key = repr((tier.name, tier.default_action, tuple(pols), inbound, tier_drop))
         name = f"tabby-t{'i' if inbound else 'e'}-{tier.name[:24]}-{n.short_hash(key)}"
         if name not in self.tier_chains:
-            rules = [n.mark_clear(n.MARK_PASS)]
-            for i, pol in enumerate(pols):
-                chain = self.policy_chain(PolicyId(tier.name, pol), inbound)
-                guard = "" if i == 0 else n.mark_is_clear(n.MARK_PASS) + " "
-                rules.append(f"{guard}jump {chain}")
-                rules.append(f"{n.mark_is_set(n.MARK_ACCEPT)} return")
+            owner = f"tier:{tier.name}"
+            infos = [self.policy_info(PolicyId(tier.name, pol), inbound) for pol in pols]
+            out = tier_rules(name, owner, infos, inline_max=self.inline_max,
+                             index_min=self.index_min)
+            self.policy_chains.update((c.name, c) for c in out.used)
+            self.index_chains.update((c.name, c) for c in out.chains)
+            for m in out.maps:
+                self.index_maps[m.name] = m
             if tier_drop and tier.default_action == "Deny":
-                rules.append(f"{n.mark_is_clear(n.MARK_PASS)} drop "
-                             f"{n.comment(f'end of tier {tier.name}')}")
+                out.add(f"{n.mark_is_clear(n.MARK_PASS)} drop "
+                        f"{n.comment(f'end of tier {tier.name}')}", owner)
             note = f"tier {tier.name} {'ingress' if inbound else 'egress'}: {', '.join(pols)}"
-            self.tier_chains[name] = NftChain(name, tuple(rules), owner=f"tier:{tier.name}",
-                                              note=note[:120])
+            # Copied rules keep their policy as owner, so a rule the kernel refuses
+            # still fails its own policy closed (driver._blame), not the tier.
+            mixed = len(set(out.owners)) > 1
+            self.tier_chains[name] = NftChain(
+                name, tuple(out.rules), owner=owner, note=note[:120],
+                rule_owners=tuple(out.owners) if mixed else None)
         return name
 
     def add_endpoint_chain(self, kind: str, ifname: str, owner: str, rules: tuple[str, ...],
@@ -596,14 +571,18 @@ class _Builder:
 
 
 def build(state: DataplaneState, cache: ChainCache | None = None, *,
-          merge: bool = True) -> Rendered:
+          merge: bool = True, inline_max: int = 0, index_min: int = 0) -> Rendered:
     """The whole desired table. Order: sets, maps, policy/profile chains, endpoint chains,
     dispatch chains, base chains (the written order a reader expects; a full replace is one
     transaction, so the order only matters for readability and for deltas).
 
     `merge=False` renders one nft rule per policy rule (no merging: merge.py); a cache
-    must only be shared by builds with the same `merge`."""
-    b = _Builder(state, cache, merge)
+    must only be shared by builds with the same `merge`. `inline_max` > 0 inlines
+    allow-only policies of at most that many compiled rules into their tier chains;
+    `index_min` > 0 looks runs of at least that many port-keyed allow-only policies up by
+    port (tiers.py). The driver passes INLINE_MAX and INDEX_MIN; 0, the default here,
+    jumps to every policy's own chain."""
+    b = _Builder(state, cache, merge, inline_max, index_min)
     b.add_workloads()
     b.add_host_endpoints()
     for key in [k for k in b.cache if k not in b.touched]:
@@ -617,7 +596,9 @@ def build(state: DataplaneState, cache: ChainCache | None = None, *,
         if kind in (n.WL_FROM, n.WL_TO) or b.any_hep:
             b.rs.maps[n.dispatch_map(kind)] = NftMap(
                 n.dispatch_map(kind), tuple(sorted(b.maps.get(kind, []))))
+    b.rs.maps.update(b.index_maps)
     for chain in (*b.policy_chains.values(), *b.profile_chains.values(),
-                  *b.tier_chains.values(), *b.endpoint_chains, *chains_tail):
+                  *b.index_chains.values(), *b.tier_chains.values(), *b.endpoint_chains,
+                  *chains_tail):
         b.rs.add_chain(chain)
     return Rendered(b.rs, b.problems)
