@@ -34,10 +34,8 @@ from tabby.policy.model import EGRESS, INGRESS, Endpoint, PolicySet
 from tabby.policy.resolve import EndpointPolicies, resolve_endpoint
 from tabby.policy.rules import PORT_PROTOCOLS, protocol_name, protocol_number
 from tabby.policy.walk import (
-    FORWARD,
     NO_ALLOW,
     NOT_ENDPOINT,
-    UNTRACKED,
     DirectionResult,
     Step,
     walk_chain,
@@ -113,7 +111,6 @@ def evaluate(ps: PolicySet, flow: Flow, *, matcher: Matcher | None = None,
     egress = (hostpath.from_host(ps, m, flow, s) if s is not None and s.kind == HEP
               else evaluate_side(ps, m, flow, EGRESS, cached=cached))
     forward: list[DirectionResult] = []
-    accepted_by: Endpoint | None = None  # an untracked Allow on this node ends it all
     hops: list[tuple[str, Endpoint]] = []
     if flow.via_out is not None:
         hops.append(("out", flow.via_out))
@@ -123,18 +120,9 @@ def evaluate(ps: PolicySet, flow: Flow, *, matcher: Matcher | None = None,
         first = flow.via_out is not None and _same_node(flow.via_in, flow.via_out)
         hops.insert(0 if first else len(hops), ("in", flow.via_in))
     for way, hep in hops:
-        if accepted_by is not None and _same_node(hep, accepted_by):
-            forward.append(hostpath.skipped_by_untracked(
-                EGRESS, Peer(hep, hep.ip(flow.ip_version)), accepted_by, FORWARD))
-            continue
-        res = (hostpath.forward_in(ps, m, flow, hep) if way == "in"
-               else hostpath.forward_out(ps, m, flow, hep))
-        forward.append(res)
-        if way == "in" and res.allowed and res.decider.get("stage") == UNTRACKED:
-            accepted_by = hep
-    if accepted_by is not None and d is not None and d.kind == WEP and _same_node(d, accepted_by):
-        ingress = hostpath.skipped_by_untracked(INGRESS, flow.dst, accepted_by)
-    elif d is not None and d.kind == HEP:
+        forward.append(hostpath.forward_in(ps, m, flow, hep) if way == "in"
+                       else hostpath.forward_out(ps, m, flow, hep))
+    if d is not None and d.kind == HEP:
         ingress = hostpath.to_host(ps, m, flow, d)
     else:
         ingress = evaluate_side(ps, m, flow, INGRESS, cached=cached)

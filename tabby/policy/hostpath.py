@@ -12,9 +12,8 @@ Forwarded traffic (in through host endpoint A, out to a local workload or throug
 endpoint B): A's untracked and preDNAT ingress policy, then only applyOnForward policy:
 A's ingress and B's egress. Failsafe ports do not open forwarded traffic; they only make
 the packet skip the untracked and preDNAT stages. A forward chain that no policy selects,
-or that every tier passes, lets the packet through. A preDNAT Allow skips A's forward
-ingress stage (not the workload's policy nor B's); an untracked Allow accepts the packet
-outright.
+or that every tier passes, lets the packet through. An untracked or preDNAT Allow skips
+A's forward ingress stage only, as in Felix: the workload's policy and B's still apply.
 
 A workload to its own host: the workload's egress policy, then the node's
 DefaultEndpointToHostAction; host endpoint policy is not consulted. The host to its own
@@ -129,8 +128,8 @@ def from_host(ps: PolicySet, m: Matcher, flow: Flow, hep: Endpoint) -> Direction
 
 def forward_in(ps: PolicySet, m: Matcher, flow: Flow, hep: Endpoint) -> DirectionResult:
     """A forwarded packet arriving through `hep`: untracked, preDNAT, then applyOnForward
-    ingress policy. An untracked Allow is reported with stage untracked (the caller then
-    skips the rest of that node's stages, as the dataplane accepts the packet)."""
+    ingress policy. An untracked or preDNAT Allow skips only the forward ingress stage (as
+    in Felix): the workload's policy and the outgoing host endpoint's still apply."""
     peer = Peer(hep, hep.ip(flow.ip_version))
     remote = flow.src
     cfg = ps.host_config(hep.node)
@@ -147,15 +146,22 @@ def forward_in(ps: PolicySet, m: Matcher, flow: Flow, hep: Endpoint) -> Directio
             got = walk_chain(ps, m, flow, INGRESS, chains.untracked_ingress, steps,
                              stage=UNTRACKED, end_of_tier_drop=False)
             if got is not None:
-                return _result(INGRESS, peer, got[0], got[1], steps, FORWARD)
+                return _skip_forward(peer, got, steps, "untracked")
         got = walk_chain(ps, m, flow, INGRESS, chains.pre_dnat_ingress, steps,
                          stage=PRE_DNAT, end_of_tier_drop=False)
         if got is not None:
-            if got[0]:
-                steps.append(Step("Skip", stage=FORWARD, note="allowed by preDNAT policy: "
-                                  "forward ingress policy skipped"))
-            return _result(INGRESS, peer, got[0], got[1], steps, FORWARD)
+            return _skip_forward(peer, got, steps, "preDNAT")
     return _forward_chain(ps, m, flow, INGRESS, peer, chains.forward_ingress, steps)
+
+
+def _skip_forward(peer: Peer, got: tuple[bool, dict[str, Any]], steps: list[Step],
+                  what: str) -> DirectionResult:
+    """An untracked / preDNAT verdict on a forwarded packet: a Deny drops it, an Allow
+    skips the forward ingress stage."""
+    if got[0]:
+        steps.append(Step("Skip", stage=FORWARD,
+                          note=f"allowed by {what} policy: forward ingress policy skipped"))
+    return _result(INGRESS, peer, got[0], got[1], steps, FORWARD)
 
 
 def forward_out(ps: PolicySet, m: Matcher, flow: Flow, hep: Endpoint) -> DirectionResult:
@@ -173,14 +179,6 @@ def _forward_chain(ps: PolicySet, m: Matcher, flow: Flow, direction: str, peer: 
            else "every tier passed")
     return _result(direction, peer, True, {"stage": FORWARD, "default": f"allow: {why}"},
                    steps, FORWARD)
-
-
-def skipped_by_untracked(direction: str, peer: Peer, hep: Endpoint,
-                         stage: str | None = None) -> DirectionResult:
-    """A later stage the dataplane never reaches: an untracked Allow accepted the packet."""
-    note = f"accepted by untracked policy of host endpoint {hep.key}: not evaluated"
-    return _result(direction, peer, True, {"stage": UNTRACKED, "default": f"allow: {note}"},
-                   [Step("Skip", stage=UNTRACKED, note=note)], stage)
 
 
 def workload_to_host(ps: PolicySet, flow: Flow, egress: DirectionResult,

@@ -131,8 +131,7 @@ chain filter-input [type filter hook input priority filter; policy accept;]
 chain filter-forward [type filter hook forward priority filter; policy accept;]
     ct state established,related accept
     ct state invalid drop
-    meta mark & 0x100000 == 0x100000 accept
-    meta mark & 0x200000 == 0x0 jump tabby-fhf-dispatch
+    meta mark & 0x300000 == 0x0 jump tabby-fhf-dispatch
     iifname "cali*" jump tabby-fw-dispatch
     oifname "cali*" jump tabby-tw-dispatch
     jump tabby-thf-dispatch

@@ -291,16 +291,20 @@ def test_do_not_track_both_directions_evaluated_separately() -> None:
     assert check(ps, OUTSIDE, "n1-eth0", "TCP", 22).allowed  # failsafe before untracked
 
 
-def test_untracked_allow_accepts_forwarded_packet_outright() -> None:
-    # As the nft dataplane does (filter-forward accepts what untracked policy allowed),
-    # the workload's own ingress policy is not reached.
-    ps = build(UNTRACKED, res("NetworkPolicy", "a-deny", {
-        "selector": "app == 'web'", "ingress": [{"action": "Deny"}]}, namespace="x"))
+def test_untracked_allow_skips_only_forward_ingress_policy() -> None:
+    # As in Felix's filter FORWARD chain: an untracked Allow skips the incoming host
+    # endpoint's forward policy, never the workload's own ingress policy.
+    ps = build(UNTRACKED, gnp("fwd", applyOnForward=True, ingress=[{"action": "Deny"}]),
+               res("NetworkPolicy", "a-deny", {
+                   "selector": "app == 'web'", "ingress": [{"action": "Deny", "protocol": "TCP",
+                                                            "destination": {"ports": [11211]}}]},
+                   namespace="x"))
     v = check(ps, OUTSIDE, "x/a", "TCP", 11211)
-    assert v.allowed and v.forward[0].decider["stage"] == "untracked"
-    assert v.ingress.decider["stage"] == "untracked" and v.ingress.steps[0].action == "Skip"
+    assert v.forward[0].allowed and v.forward[0].decider["stage"] == "untracked"
+    assert v.forward[0].steps[-1].action == "Skip"
+    assert not v.allowed and v.ingress.decider["policy"] == "x/a-deny"
     assert not check(ps, OUTSIDE, "x/a", "TCP", 30080).allowed  # untracked Deny
-    assert not check(ps, OUTSIDE, "x/a", "TCP", 8080).allowed  # workload policy
+    assert not check(ps, OUTSIDE, "x/a", "TCP", 8080).allowed  # the forward policy
 
 
 # -- workload <-> own host ----------------------------------------------------------------

@@ -485,9 +485,12 @@ class _Builder:
         if self.any_hep:
             inp += [prednat_ok, ICMPV6_ND, *fs_in("dport", "saddr"), *tun_in,
                     f"jump {n.dispatch_chain(n.HEP_FROM)}"]
-        fwd = [*established, *hep_ok]
+        # Forwarded: an untracked or preDNAT Allow skips only the incoming host endpoint's
+        # forward policy (as in Felix); workload and outgoing host endpoint policy still apply.
+        fwd = [*established]
         if self.any_hep:
-            fwd.append(f"{n.mark_is_clear(n.MARK_PREDNAT)} jump {n.dispatch_chain(n.HEP_FWD_FROM)}")
+            fwd.append(f"{n.mark_is_clear(n.MARK_UNTRACKED | n.MARK_PREDNAT)} "
+                       f"jump {n.dispatch_chain(n.HEP_FWD_FROM)}")
         fwd += [f"{m} jump {n.dispatch_chain(n.WL_FROM)}" for m in wl_in]
         fwd += [f"{m} jump {n.dispatch_chain(n.WL_TO)}" for m in wl_out]
         if self.any_hep:
