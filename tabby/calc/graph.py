@@ -17,8 +17,9 @@ Wiring (each box one module):
     PolicyResolver (endpoints.py): LabelIndex of local   --> ActiveRules (active.py):
     endpoints x all policy selectors; tiers per endpoint     used policies/profiles -> Rules
     profiles, namespaces --> Profiles (profiles.py): parent labels in both indexes
-    pools, nodes, blocks --> RouteCalculator (routes.py); FelixConfiguration, pools -->
-    ConfigCalculator (config.py);  all of them --> EventSequencer (sequencer.py) --> emit
+    pools, nodes, blocks, all workloads --> RouteCalculator (routes.py);
+    FelixConfiguration, pools --> ConfigCalculator (config.py);
+    all of them --> EventSequencer (sequencer.py) --> emit
 
 Before the first `on_in_sync()` nothing is emitted: the whole snapshot is computed once
 and sent in dependency order, then `InSync()`. After that every `on_update` is flushed at
@@ -179,6 +180,7 @@ class CalcGraph:
         if value is None:
             self.ipsets.remove_member(key)
             self.resolver.set_endpoint(None, key)
+            self.routes.set_remote_workload(key, "", ())
             return
         ep = workload_endpoint(value, _NO_PROFILES, _NO_NAMESPACES)  # own labels only
         spec = value.get("spec") or {}
@@ -190,8 +192,10 @@ class CalcGraph:
         if ep.node == self.node_name:
             local = LocalEndpoint(key, "WorkloadEndpoint", ep, spec)
             self.resolver.set_endpoint(local, key, parents)
+            self.routes.set_remote_workload(key, "", ())  # routed by its interface now
         else:
             self.resolver.set_endpoint(None, key)
+            self.routes.set_remote_workload(key, ep.node, ips)  # a /32 if borrowed
         self.ipsets.update_member(key, labels, parents, ips, ports)
 
     def _host_endpoint(self, ns: str | None, name: str, value: Any) -> None:
