@@ -45,6 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--datastore", dest="lab_datastore", choices=DATASTORES, default="sqlite",
                    help="sqlite (a file in the lab's directory) or etcd (a real etcd)")
     p.add_argument("--typha", action="store_true", help="agents follow the datastore via Typha")
+    p.add_argument("--ipv6", action="store_true",
+                   help="dual stack: IPv6 underlay, pool and workload addresses beside IPv4, "
+                        "routed by BGP (needs --encap none)")
     p.add_argument("--timeout", type=float, default=120.0,
                    help="seconds to wait for agents, BGP and connectivity (default 120)")
     p.set_defaults(func=_cmd_up)
@@ -65,6 +68,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, metavar="N", help="destination port (default 80)")
     p.add_argument("--protocol", default="TCP", help="TCP, UDP or ICMP (default TCP)")
     p.add_argument("--timeout", type=float, default=1.0, help="seconds per probe (default 1)")
+    p.add_argument("--ip-version", type=int, choices=(4, 6),
+                   help="probe the workloads' addresses of this family only (table default: "
+                        "every family of the lab; JSON default: 4, as `tabby policy matrix`)")
     p.add_argument("-o", "--output", choices=("table", "json"), default="table")
     p.set_defaults(func=_cmd_probe)
 
@@ -185,7 +191,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
     opts = cluster.UpOptions(
         name=args.name, nodes=args.nodes, workloads_per_node=args.workloads_per_node,
-        encap=args.encap, datastore=args.lab_datastore, typha=args.typha, timeout=args.timeout,
+        encap=args.encap, datastore=args.lab_datastore, typha=args.typha, ipv6=args.ipv6,
+        timeout=args.timeout,
     )  # fmt: skip
     # SIGTERM/SIGHUP behave like Ctrl-C: `up` removes what it made, then exits.
     global _OWNER_PID
@@ -286,7 +293,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
         except LabError as exc:
             table.add_row(name, f"unreadable: {exc}", "", "", "", "")
             continue
-        table.add_row(name, s.phase, str(len(s.nodes)), str(len(s.workloads)), s.encap,
+        encap = s.encap + (" (dual stack)" if len(s.families) > 1 else "")
+        table.add_row(name, s.phase, str(len(s.nodes)), str(len(s.workloads)), encap,
                       s.datastore_url)
     console.print(table)
     return 0
@@ -307,7 +315,7 @@ def _status_data(state: Any) -> dict[str, Any]:
         h = hs[n.name]
         bgp = health.bgp_status(n)
         nodes.append({
-            "name": n.name, "netns": n.netns, "ip": n.ip, "subnet": n.cidr,
+            "name": n.name, "netns": n.netns, "ip": n.ip, "ip6": n.ip6, "subnet": n.cidr,
             "agent": {"pid": n.pid, "running": h.alive, "ready": h.ready, "detail": h.detail,
                       **details[n.name]},
             "bgp": {"error": bgp.error or None, "sessions": [
@@ -316,14 +324,15 @@ def _status_data(state: Any) -> dict[str, Any]:
         })  # fmt: skip
     workloads = [{
         "name": w.name, "key": w.key, "namespace": w.namespace, "node": w.node,
-        "netns": w.netns, "ip": w.ip, "labels": w.labels,
+        "netns": w.netns, "ip": w.ip, "ip6": w.ip6, "labels": w.labels,
         "probeServer": bool(w.pid and nsops.pid_alive(w.pid, w.starttime)),
     } for w in state.workloads]  # fmt: skip
     procs = [{"role": p.role, "pid": p.pid, "address": p.address,
               "running": nsops.pid_alive(p.pid, p.starttime)} for p in state.processes]
     return {
         "name": state.name, "phase": state.phase, "encap": state.encap,
-        "datastore": state.datastore_url, "pool": state.pool_cidr, "mtu": state.mtu,
+        "datastore": state.datastore_url, "pool": state.pool_cidr, "pool6": state.pool6_cidr,
+        "mtu": state.mtu,
         "typha": state.typha, "dir": state.dir, "nodes": nodes, "workloads": workloads,
         "processes": procs,
     }  # fmt: skip
@@ -335,7 +344,8 @@ def _yes(ok: bool, yes: str = "yes", no: str = "no") -> Text:
 
 def _print_status(data: dict[str, Any]) -> None:
     console.print(
-        f"lab {data['name']} ({data['phase']}): encap {data['encap']}, pool {data['pool']}, "
+        f"lab {data['name']} ({data['phase']}): encap {data['encap']}, pool {data['pool']}"
+        + (f" and {data['pool6']}" if data.get("pool6") else "") + ", "
         f"MTU {data['mtu']}, datastore {data['datastore']}"
         + (f", Typha {data['typha']}" if data["typha"] else ""),
         markup=False, highlight=False,
@@ -355,7 +365,8 @@ def _print_status(data: dict[str, Any]) -> None:
         via = n["agent"].get("datastore") or "-"
         if n["agent"].get("typha"):
             via += f" {n['agent']['typha']}"
-        nodes.add_row(n["name"], f"{n['ip']} ({n['subnet']})", agent, ready, via, peers)
+        ip = f"{n['ip']} ({n['subnet']})" + (f"\n{n['ip6']}" if n.get("ip6") else "")
+        nodes.add_row(n["name"], ip, agent, ready, via, peers)
     console.print(nodes)
     sess = Table("NODE", "PEER", "SESSION", "STATE", "INFO", title="BGP sessions")
     for n in data["nodes"]:
@@ -369,7 +380,8 @@ def _print_status(data: dict[str, Any]) -> None:
                     title="workloads")
         for w in data["workloads"]:
             labels = ",".join(f"{k}={v}" for k, v in w["labels"].items())
-            wls.add_row(w["name"], w["key"], w["node"], w["ip"] or "-", labels,
+            ip = (w["ip"] or "-") + (f"\n{w['ip6']}" if w.get("ip6") else "")
+            wls.add_row(w["name"], w["key"], w["node"], ip, labels,
                         _yes(w["probeServer"], "serving", "down"))
         console.print(wls)
     dead = [p for p in data["processes"] if not p["running"]]
@@ -399,21 +411,28 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     state = _load(args.name)
     with _lab_errors():
         proto, port = matrix.normalise(args.protocol, args.port)
+        if args.ip_version is not None:
+            matrix.check_ip_version(state, args.ip_version)
         if args.output == "json":
-            real, _ = matrix.probe(state, proto, port, args.timeout)
+            # One family, keyed and defaulted as `tabby policy matrix -o json`.
+            real, _ = matrix.probe(state, proto, port, args.timeout, args.ip_version or 4)
             print(json.dumps(real, indent=2))
             return 0
-        cmp = matrix.compare(state, proto, port, args.timeout)
-    print_comparison(cmp)
-    return 0 if cmp.agree else 4
+        versions = [args.ip_version] if args.ip_version else list(state.families)
+        cmps = [matrix.compare(state, proto, port, args.timeout, v) for v in versions]
+    for cmp in cmps:
+        print_comparison(cmp, family=len(state.families) > 1)
+    return 0 if all(cmp.agree for cmp in cmps) else 4
 
 
-def print_comparison(cmp: Any, title: str | None = None) -> None:
-    """The probe matrix: Allow green, Deny red; a '!' where `policy matrix` disagrees."""
+def print_comparison(cmp: Any, title: str | None = None, family: bool = False) -> None:
+    """The probe matrix: Allow green, Deny red; a '!' where `policy matrix` disagrees.
+    The title names the IP family for IPv6, or for either with `family`."""
     keys = list(cmp.probe)
     short = {k: k.split("/", 1)[0] + "/" + _short(k) for k in keys}
+    over = f" over IPv{cmp.ip_version}" if family or cmp.ip_version != 4 else ""
     head = title or (f"{cmp.protocol.upper()}" + (f" port {cmp.port}" if cmp.port else "")
-                     + " probe (rows: from, columns: to)")
+                     + f"{over} probe (rows: from, columns: to)")
     table = Table(title=head)
     table.add_column("from \\ to", style="bold")
     for k in keys:

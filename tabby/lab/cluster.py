@@ -9,6 +9,10 @@ Everything is written to the lab's state (lab.json, topology.json) *before* it i
 `down` - after a crash too - finds and removes it all. `up` is ready only when every agent
 answers /readiness, every expected BGP session is Established and every pair of workloads
 connects as `tabby policy matrix` says it should.
+
+`--ipv6` (encapsulation none only) makes the lab dual stack: a ULA /64 beside the IPv4
+underlay, an IPv6 pool, `spec.bgp.ipv6Address` on every Node, workloads with both
+families; IPv6 between nodes is routed by BIRD's IPv6 sessions (see docs/design/lab.md).
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ from tabby.lab.topology import Topology, TopologyError
 
 POOL_NAME = "default-ipv4-ippool"
 POOL_CIDR = "10.65.0.0/16"
+POOL6_NAME = "default-ipv6-ippool"
+POOL6_CIDR = "fd65::/112"  # ULA; /122 blocks, as Calico's default IPv6 pool
 HEALTH_PORT = 9099  # Felix's health port; every node namespace has its own loopback
 TYPHA_PORT = 5473
 TYPHA_HEALTH_PORT = 9098
@@ -68,6 +74,7 @@ class UpOptions:
     encap: str = "none"
     datastore: str = "sqlite"
     typha: bool = False
+    ipv6: bool = False  # dual stack (encapsulation none only)
     timeout: float = 120.0  # for agents, BGP and connectivity together
 
 
@@ -85,6 +92,10 @@ def validate(opts: UpOptions) -> None:
         reason = checks.ipip_unsupported_reason()
         if reason:
             raise LabError(reason)
+    if opts.ipv6 and opts.encap != "none":
+        # The agent programs no IPv6 tunnel routes or VTEPs: only BGP routes IPv6 here.
+        raise LabError(f"--ipv6: needs --encap none, not {opts.encap!r} (IPv6 between nodes "
+                       f"is routed by BGP only)")
 
 
 def pool_modes(encap: str) -> dict[str, str]:
@@ -119,6 +130,7 @@ def up(opts: UpOptions, reporter: Reporter | None = None) -> LabState:
         datastore=opts.datastore,
         datastore_url="",
         pool_cidr=POOL_CIDR,
+        pool6_cidr=POOL6_CIDR if opts.ipv6 else None,
         mtu=mtu,
     )
     owner = os.getpid()
@@ -158,8 +170,9 @@ def _build(state: LabState, opts: UpOptions, rep: Reporter) -> None:
     deadline = time.monotonic() + opts.timeout
 
     rep.start("underlay", "underlay network")
-    topo = Topology(opts.name, subnets=2 if state.crosssubnet else 1, state_dir=d)
-    rep.finish("underlay", f"underlay {', '.join(topo.subnets)}")
+    topo = Topology(opts.name, subnets=2 if state.crosssubnet else 1, state_dir=d,
+                    ipv6=opts.ipv6)
+    rep.finish("underlay", f"underlay {', '.join(topo.subnets + topo.subnets6)}")
 
     rep.start("nodes", "node namespaces", opts.nodes)
     for i in range(1, opts.nodes + 1):
@@ -170,7 +183,7 @@ def _build(state: LabState, opts: UpOptions, rep: Reporter) -> None:
             NodeState(
                 name=n.name, netns=n.netns, ip=n.ip, cidr=n.cidr, subnet=n.subnet,
                 health_port=HEALTH_PORT, run_dir=str(run_dir),
-                log=str(d / "logs" / f"{n.name}.log"),
+                log=str(d / "logs" / f"{n.name}.log"), ip6=n.ip6,
             )
         )  # fmt: skip
         state.save()
@@ -270,13 +283,25 @@ def _bootstrap(state: LabState) -> None:
                      "nodeSelector": "all()", **pool_modes(state.encap)},
         }
     ]  # fmt: skip
+    if state.pool6_cidr:
+        docs.append({
+            "apiVersion": "projectcalico.org/v3", "kind": "IPPool",
+            "metadata": {"name": POOL6_NAME},
+            "spec": {"cidr": state.pool6_cidr, "blockSize": 122, "natOutgoing": False,
+                     "nodeSelector": "all()", "vxlanMode": "Never", "ipipMode": "Never"},
+        })  # fmt: skip
     for n in state.nodes:
         # What calico/node's IP autodetection would find; the agent keeps it up to date.
+        # The agent manages ipv4Address and keeps the rest of spec.bgp: it does not detect
+        # IPv6, so the lab states the node's first global IPv6 address (as autodetection
+        # would find it) once, here.
         plen = n.cidr.split("/")[1]
+        bgp = {"ipv4Address": f"{n.ip}/{plen}"}
+        if n.ip6:
+            bgp["ipv6Address"] = f"{n.ip6}/64"
         docs.append({
             "apiVersion": "projectcalico.org/v3", "kind": "Node", "metadata": {"name": n.name},
-            "spec": {"bgp": {"ipv4Address": f"{n.ip}/{plen}"},
-                     "addresses": [{"address": n.ip, "type": "InternalIP"}]},
+            "spec": {"bgp": bgp, "addresses": [{"address": n.ip, "type": "InternalIP"}]},
         })  # fmt: skip
     for ns in dict.fromkeys(ns for ns, _ in wlops.APPS):
         docs.append({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
@@ -295,6 +320,7 @@ def _bootstrap(state: LabState) -> None:
         datastore=state.datastore_url,
         name=wlops.NETWORK_NAME,
         mtu=state.mtu,
+        ipv6=6 in state.families,
     )
 
 
@@ -349,7 +375,8 @@ def _log_tail(path: str, lines: int = 8) -> str:
 
 
 def _expected_sessions(state: LabState) -> int:
-    return len(state.nodes) - 1 if state.uses_bgp else 0
+    """Full mesh: one session per other node and IP family."""
+    return (len(state.nodes) - 1) * len(state.families) if state.uses_bgp else 0
 
 
 def _wait(state: LabState, rep: Reporter, deadline: float, need_bgp: bool) -> None:
@@ -403,8 +430,9 @@ def _add_workloads(state: LabState, topo: Topology, wls: list[Any], rep: Reporte
     state.save()
     done = 0
     with ThreadPoolExecutor(max_workers=min(8, len(wls))) as pool:
-        for wl, ip in zip(wls, pool.map(lambda w: wlops.cni_add(state, w), wls), strict=True):
-            wl.ip = ip
+        for wl, (ip, ip6) in zip(wls, pool.map(lambda w: wlops.cni_add(state, w), wls),
+                                 strict=True):
+            wl.ip, wl.ip6 = ip, ip6
             done += 1
             rep.update("workloads", done, f"workloads wired {done}/{len(wls)}")
     state.save()
@@ -425,19 +453,23 @@ def _add_workloads(state: LabState, topo: Topology, wls: list[Any], rep: Reporte
 
 
 def _wait_connectivity(state: LabState, rep: Reporter, deadline: float) -> None:
-    """Routes and rules take a moment after the CNI ADDs: probe until reality = policy."""
+    """Routes and rules take a moment after the CNI ADDs: probe until reality = policy, in
+    every IP family of the lab."""
     while True:
-        cmp = labmatrix.compare(state, "tcp", 80, timeout=0.5)
-        allowed, total = cmp.counts()
+        cmps = [labmatrix.compare(state, "tcp", 80, timeout=0.5, ip_version=v)
+                for v in state.families]
+        allowed = sum(c.counts()[0] for c in cmps)
+        total = sum(c.counts()[1] for c in cmps)
         rep.update("connectivity", allowed, f"connectivity: {allowed}/{total} pairs connect")
-        if cmp.agree:
+        if all(c.agree for c in cmps):
             return
         if time.monotonic() > deadline:
-            bad = ", ".join(
-                f"{s} -> {d}: probe {cmp.probe[s][d]}, policy {cmp.policy[s][d]}"
-                for s, d in cmp.mismatches[:4]
-            )
-            raise LabError(f"connectivity differs from policy after the timeout: {bad}")
+            bad = [
+                f"{s} -> {d} (IPv{c.ip_version}): probe {c.probe[s][d]}, policy {c.policy[s][d]}"
+                for c in cmps for s, d in c.mismatches
+            ]
+            raise LabError(f"connectivity differs from policy after the timeout: "
+                           f"{', '.join(bad[:4])}")
         time.sleep(0.3)
 
 

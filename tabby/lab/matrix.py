@@ -6,6 +6,10 @@ distinct workloads. A probe counts as Allow when the packet reached the destinat
 TCP connection or UDP echo, and also a refusal (RST, ICMP port unreachable) - the
 destination's kernel answered, so policy let the flow through. Policy denies by dropping,
 which shows as a timeout.
+
+One comparison is of one IP family (`ip_version`): a dual-stack lab's workloads are probed
+at their IPv4 and their IPv6 addresses, each against the evaluator for that family (rules
+with `ipVersion`, `nets` and ICMP vs ICMPv6 tell the families apart).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ class Comparison:
     probe: Matrix
     policy: Matrix
     details: dict[tuple[str, str], ProbeResult]
+    ip_version: int = 4
 
     @property
     def mismatches(self) -> list[tuple[str, str]]:
@@ -60,20 +65,32 @@ def normalise(protocol: str, port: int | None) -> tuple[str, int | None]:
     return proto, port
 
 
-def _ready(state: LabState) -> list[WorkloadState]:
-    wls = [w for w in state.workloads if w.ip and w.endpoint]
+def check_ip_version(state: LabState, ip_version: int) -> int:
+    if ip_version not in state.families:
+        have = " and ".join(f"IPv{v}" for v in state.families)
+        raise LabError(f"--ip-version: lab {state.name!r} has {have} workloads only, "
+                       f"not IPv{ip_version}" + (" (up with --ipv6)" if ip_version == 6 else ""))
+    return ip_version
+
+
+def _ready(state: LabState, ip_version: int = 4) -> list[WorkloadState]:
+    check_ip_version(state, ip_version)
+    wls = [w for w in state.workloads if w.address(ip_version) and w.endpoint]
     if len(wls) < 2:
-        raise LabError(f"lab {state.name!r} has fewer than two workloads with addresses")
+        raise LabError(f"lab {state.name!r} has fewer than two workloads with IPv{ip_version} "
+                       f"addresses")
     return wls
 
 
 def probe(
-    state: LabState, protocol: str = "tcp", port: int | None = 80, timeout: float = 1.0
+    state: LabState, protocol: str = "tcp", port: int | None = 80, timeout: float = 1.0,
+    ip_version: int = 4,
 ) -> tuple[Matrix, dict[tuple[str, str], ProbeResult]]:
-    """Real connections from every workload to every other one, in parallel."""
+    """Real connections from every workload to every other one's address of `ip_version`,
+    in parallel."""
     proto, port = normalise(protocol, port)
-    wls = _ready(state)
-    pairs = [(s.netns, d.ip) for s in wls for d in wls if s is not d]
+    wls = _ready(state, ip_version)
+    pairs = [(s.netns, d.address(ip_version)) for s in wls for d in wls if s is not d]
     results = probe_matrix_detail(pairs, proto, port, timeout)
     out: Matrix = {}
     details: dict[tuple[str, str], ProbeResult] = {}
@@ -82,14 +99,16 @@ def probe(
         for d in wls:
             if s is d:
                 continue
-            res = results[(s.netns, d.ip)]
+            res = results[(s.netns, d.address(ip_version))]
             row[d.key] = "Allow" if res.outcome in REACHED else "Deny"
             details[(s.key, d.key)] = res
         out[s.key] = row
     return out, details
 
 
-def policy(state: LabState, protocol: str = "tcp", port: int | None = 80) -> Matrix:
+def policy(
+    state: LabState, protocol: str = "tcp", port: int | None = 80, ip_version: int = 4
+) -> Matrix:
     """What the reference evaluator says for the same pairs (as `tabby policy matrix`)."""
     from tabby.datastore import open_datastore
     from tabby.datastore.client import ResourceClient
@@ -98,7 +117,7 @@ def policy(state: LabState, protocol: str = "tcp", port: int | None = 80) -> Mat
     from tabby.policy.rules import protocol_number
 
     proto, port = normalise(protocol, port)
-    keys = {w.key for w in _ready(state)}
+    keys = {w.key for w in _ready(state, ip_version)}
     ds = open_datastore(state.datastore_url)
     try:
         resources, _ = ResourceClient(ds).snapshot()
@@ -106,7 +125,10 @@ def policy(state: LabState, protocol: str = "tcp", port: int | None = 80) -> Mat
         ds.close()
     ps = PolicySet.from_resources(resources)
     endpoints = [ep for ep in ps.workload_endpoints(None) if ep.key in keys]
-    result = reachability(ps, endpoints, protocol=protocol_number(proto), port=port)
+    if proto == "icmp" and ip_version == 6:
+        proto = "icmpv6"  # what the probe sends to an IPv6 address
+    result = reachability(ps, endpoints, protocol=protocol_number(proto), port=port,
+                          ip_version=ip_version)
     return {
         src: {dst: "Allow" if ok else "Deny" for dst, ok in row.items()}
         for src, row in result.items()
@@ -114,9 +136,10 @@ def policy(state: LabState, protocol: str = "tcp", port: int | None = 80) -> Mat
 
 
 def compare(
-    state: LabState, protocol: str = "tcp", port: int | None = 80, timeout: float = 1.0
+    state: LabState, protocol: str = "tcp", port: int | None = 80, timeout: float = 1.0,
+    ip_version: int = 4,
 ) -> Comparison:
     proto, port = normalise(protocol, port)
-    pol = policy(state, proto, port)
-    real, details = probe(state, proto, port, timeout)
-    return Comparison(proto, port, real, pol, details)
+    pol = policy(state, proto, port, ip_version)
+    real, details = probe(state, proto, port, timeout, ip_version)
+    return Comparison(proto, port, real, pol, details, ip_version)

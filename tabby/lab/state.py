@@ -70,6 +70,7 @@ class NodeState:
     log: str
     pid: int | None = None
     starttime: int | None = None
+    ip6: str | None = None  # IPv6 underlay address (dual-stack labs)
 
     @property
     def bird_socket(self) -> str:
@@ -88,6 +89,10 @@ class WorkloadState:
     endpoint: str | None = None  # WorkloadEndpoint name (the CNI plugin's)
     pid: int | None = None  # probe server
     starttime: int | None = None
+    ip6: str | None = None  # dual-stack labs: the workload's IPv6 address
+
+    def address(self, version: int) -> str | None:
+        return self.ip if version == 4 else self.ip6
 
     @property
     def key(self) -> str:
@@ -117,6 +122,7 @@ class LabState:
     pool_cidr: str
     mtu: int
     typha: str | None = None  # host:port the agents use
+    pool6_cidr: str | None = None  # dual stack (`--ipv6`): the IPv6 pool
     phase: str = "creating"  # creating -> ready; failed
     created: float = field(default_factory=time.time)
     nodes: list[NodeState] = field(default_factory=list)
@@ -132,6 +138,11 @@ class LabState:
     def uses_bgp(self) -> bool:
         """Modes whose cross-node routes come from BGP (every node's BIRD in a full mesh)."""
         return self.encap in ("none", "ipip", "ipip-crosssubnet")
+
+    @property
+    def families(self) -> tuple[int, ...]:
+        """IP versions the workloads have addresses of: (4,) or, dual stack, (4, 6)."""
+        return (4, 6) if self.pool6_cidr else (4,)
 
     @property
     def crosssubnet(self) -> bool:

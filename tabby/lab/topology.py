@@ -8,6 +8,9 @@ Layout for `Topology("tb1a2b", subnets=2)`::
     tb1a2b-n2   tb1a2bu1 = 172.31.1.10/24, default via 172.31.1.1
     tb1a2b-w1   eth0 = 10.65.0.1/32, default via 169.254.1.1 (host side cali... in tb1a2b-n1)
 
+With `ipv6=True` every subnet also gets a ULA /64 (`fd00:<hash of the prefix>:<subnet>::/64`,
+gateway `::1`, node `::a` beside `.10`), added with `nodad` so that BIRD can bind at once.
+
 With one subnet there is no router and the bridge itself holds the gateway address: the
 node's default route exists only so that proxy ARP answers for 169.254.1.1 (see
 kernel-notes.md). Nothing is ever created in the root namespace: veths are created inside
@@ -42,6 +45,7 @@ CALICO_GATEWAY = "169.254.1.1"  # the fixed next hop every Calico workload route
 CALICO_HOST_MAC = "ee:ee:ee:ee:ee:ee"  # Calico gives every host-side veth this MAC
 RESERVED_NAMES = ("ul", "rtr")
 FIRST_NODE_HOST = 10  # node addresses start at .10; .1 is the gateway
+IFA_F_NODAD = 0x02  # an underlay address usable at once: no duplicate address detection
 
 # Sysctls a Calico node relies on. rp_filter is pinned to 0 at the namespace level (new
 # namespaces inherit the host's value) so the agent's per-interface setting decides.
@@ -75,10 +79,16 @@ class Node:
     cidr: str
     gateway: str
     index: int
+    ip6: str | None = None  # with an IPv6 underlay: the node's ULA address
+    prefixlen6: int | None = None
 
     @property
     def ip_cidr(self) -> str:
         return f"{self.ip}/{self.prefixlen}"
+
+    @property
+    def ip6_cidr(self) -> str | None:
+        return f"{self.ip6}/{self.prefixlen6}" if self.ip6 else None
 
 
 @dataclass(frozen=True)
@@ -121,6 +131,7 @@ class Topology:
         state_dir: str | os.PathLike[str] | None = None,
         mtu: int = 1500,
         node_sysctls: Mapping[str, str | int] | None = None,
+        ipv6: bool = False,
     ) -> None:
         if not isinstance(prefix, str) or not _PREFIX.match(prefix):
             raise ValueError(f"prefix: invalid topology prefix {prefix!r} (use [a-z0-9-], <= 31)")
@@ -141,6 +152,7 @@ class Topology:
         self.sid = _short_id(prefix)
         self.state_dir = sdir
         self.subnets = cidrs
+        self.subnets6 = [ula_subnet(prefix, s) for s in range(len(cidrs))] if ipv6 else []
         self.mtu = mtu
         self.node_sysctls = dict(NODE_SYSCTLS if node_sysctls is None else node_sysctls)
         self.nodes: dict[str, Node] = {}
@@ -175,6 +187,9 @@ class Topology:
 
     def gateway(self, subnet: int) -> str:
         return str(ipaddress.ip_network(self.subnets[subnet])[1])
+
+    def gateway6(self, subnet: int) -> str | None:
+        return str(ipaddress.ip_network(self.subnets6[subnet])[1]) if self.subnets6 else None
 
     def netns_of(self, target: Target) -> str:
         """Namespace of a Node, Workload, node/workload name, 'ul'/'rtr' or our netns name."""
@@ -238,19 +253,27 @@ class Topology:
                 ip.link("set", index=idx, state="up")
                 if len(self.subnets) == 1:  # no router: the bridge holds the gateway
                     ip.addr("add", index=idx, address=self.gateway(0), prefixlen=self._plen(0))
+                    if self.subnets6:
+                        ip.addr("add", index=idx, address=self.gateway6(0), prefixlen=64,
+                                flags=IFA_F_NODAD)
         if len(self.subnets) > 1:
             rtr = self._new_netns("rtr")
             for s in range(len(self.subnets)):
                 leg, port = f"{self.sid}r{s}", f"{self.sid}q{s}"
-                self._attach(rtr, leg, port, s, self.gateway(s), self._plen(s))
+                self._attach(rtr, leg, port, s, self.gateway(s), self._plen(s), self.gateway6(s))
             off = {"net.ipv4.conf.all.rp_filter": 0, "net.ipv4.conf.default.rp_filter": 0}
-            nsops.set_sysctls(rtr, {"net.ipv4.ip_forward": 1, **off})
+            v6 = {"net.ipv6.conf.all.forwarding": 1} if self.subnets6 else {}
+            nsops.set_sysctls(rtr, {"net.ipv4.ip_forward": 1, **off, **v6})
 
     def _plen(self, subnet: int) -> int:
         return ipaddress.ip_network(self.subnets[subnet]).prefixlen
 
-    def _attach(self, ns: str, ifname: str, port: str, subnet: int, addr: str, plen: int) -> None:
-        """veth: `port` enslaved to subnet's bridge in the underlay, `ifname` in `ns`."""
+    def _attach(
+        self, ns: str, ifname: str, port: str, subnet: int, addr: str, plen: int,
+        addr6: str | None = None,
+    ) -> None:
+        """veth: `port` enslaved to subnet's bridge in the underlay, `ifname` in `ns`
+        (with `addr6`/64 too, when given)."""
         with nsops.ipr(self.underlay_netns) as ip:
             peer = {"ifname": ifname, "net_ns_fd": ns, "mtu": self.mtu}
             ip.link("add", ifname=port, kind="veth", mtu=self.mtu, peer=peer)
@@ -261,6 +284,8 @@ class Topology:
             idx = nsops.link_index(ip, ifname)
             ip.link("set", index=idx, state="up")
             ip.addr("add", index=idx, address=addr, prefixlen=plen)
+            if addr6 is not None:
+                ip.addr("add", index=idx, address=addr6, prefixlen=64, flags=IFA_F_NODAD)
 
     def add_node(self, name: str, *, subnet: int | None = None, ip: str | None = None) -> Node:
         """A node namespace `<prefix>-<name>` on the underlay, with a default route and
@@ -273,6 +298,10 @@ class Topology:
             raise ValueError(f"subnet: {subnet} out of range 0-{len(self.subnets) - 1}")
         net = ipaddress.ip_network(self.subnets[subnet])
         addr = self._pick_node_ip(net, ip)
+        addr6 = None
+        if self.subnets6:  # the same host number in the subnet's ULA /64
+            net6 = ipaddress.ip_network(self.subnets6[subnet])
+            addr6 = str(net6[int(ipaddress.ip_address(addr)) - int(net.network_address)])
         ns = self._new_netns(name)
         self._next_port += 1
         node = Node(
@@ -285,10 +314,15 @@ class Topology:
             cidr=str(net),
             gateway=self.gateway(subnet),
             index=index,
+            ip6=addr6,
+            prefixlen6=64 if addr6 else None,
         )
-        self._attach(ns, node.underlay_if, f"{self.sid}p{index}", subnet, addr, net.prefixlen)
+        self._attach(ns, node.underlay_if, f"{self.sid}p{index}", subnet, addr, net.prefixlen,
+                     addr6)
         with nsops.ipr(ns) as ipr:
             ipr.route("add", dst="0.0.0.0/0", gateway=node.gateway)
+            if addr6 is not None:
+                ipr.route("add", dst="::/0", gateway=self.gateway6(subnet))
         nsops.set_sysctls(ns, self.node_sysctls)
         self.nodes[name] = node
         self._save()
@@ -528,6 +562,7 @@ class Topology:
             "prefix": self.prefix,
             "sid": self.sid,
             "subnets": self.subnets,
+            "subnets6": self.subnets6,
             "mtu": self.mtu,
             "next_port": self._next_port,
             "namespaces": self.namespaces,
@@ -565,6 +600,7 @@ class Topology:
         self.sid = data["sid"]
         self.state_dir = Path(state_dir)
         self.subnets = list(data["subnets"])
+        self.subnets6 = list(data.get("subnets6") or [])
         self.mtu = int(data["mtu"])
         self.node_sysctls = dict(data.get("node_sysctls", NODE_SYSCTLS))
         self._next_port = int(data["next_port"])
@@ -583,6 +619,13 @@ class Topology:
         self._procs = []
         self._live = True
         return self
+
+
+def ula_subnet(prefix: str, subnet: int) -> str:
+    """The IPv6 underlay of a subnet: a ULA /64 whose global ID comes from the topology
+    prefix, so two labs on one machine never share one (fd00:hhhh:hhhh:<subnet>::/64)."""
+    h = hashlib.sha1(f"tabby-ula/{prefix}".encode()).hexdigest()
+    return str(ipaddress.ip_network(f"fd00:{h[:4]}:{h[4:8]}:{subnet:x}::/64"))
 
 
 def _subnet_cidrs(subnets: int | Sequence[str]) -> list[str]:

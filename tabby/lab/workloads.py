@@ -66,7 +66,7 @@ def cni_conf(state: LabState, node: NodeState, wl: WorkloadState) -> dict[str, A
         "mtu": state.mtu,
         "log_file": str(Path(state.dir) / "logs" / "cni.log"),
         "log_level": "info",
-        "ipam": {"type": "tabby-ipam", "assign_ipv4": True, "assign_ipv6": False},
+        "ipam": {"type": "tabby-ipam", "assign_ipv4": True, "assign_ipv6": 6 in state.families},
         "args": {"tabby": {"labels": dict(wl.labels)}},
     }
 
@@ -84,8 +84,9 @@ def cni_env(state: LabState, wl: WorkloadState, command: str) -> dict[str, str]:
     }
 
 
-def cni_add(state: LabState, wl: WorkloadState) -> str:
-    """Run `tabby-cni` ADD for `wl` inside its node's namespace; returns the address."""
+def cni_add(state: LabState, wl: WorkloadState) -> tuple[str, str | None]:
+    """Run `tabby-cni` ADD for `wl` inside its node's namespace; returns its IPv4 address
+    and, in a dual-stack lab, its IPv6 address."""
     node = state.node(wl.node)
     exe = str(Path(state.dir) / "bin" / "tabby-cni")
     proc = nsops.run(
@@ -105,10 +106,13 @@ def cni_add(state: LabState, wl: WorkloadState) -> str:
             pass
         raise LabError(f"tabby-cni ADD for workload {wl.name} on {node.name} failed: {msg}")
     result = json.loads(proc.stdout)
-    ips = result.get("ips") or []
-    if not ips:
-        raise LabError(f"tabby-cni ADD for workload {wl.name}: result has no IP: {proc.stdout}")
-    return str(ips[0]["address"]).split("/")[0]
+    addrs = [str(ip["address"]).split("/")[0] for ip in result.get("ips") or []]
+    v4 = next((a for a in addrs if ":" not in a), None)
+    v6 = next((a for a in addrs if ":" in a), None)
+    if v4 is None or (v6 is None and 6 in state.families):
+        raise LabError(f"tabby-cni ADD for workload {wl.name}: result lacks an address of "
+                       f"IPv{'4' if v4 is None else '6'}: {proc.stdout}")
+    return v4, v6
 
 
 def find_endpoints(client: Any, workloads: Sequence[WorkloadState]) -> None:
