@@ -21,11 +21,28 @@ endpoint without evaluation unless it carries one of their keys.
 Callbacks ``on_match_started(sel_id, ep_id)`` / ``on_match_stopped(sel_id, ep_id)`` fire
 exactly once per real change, after the index has recorded it. They must not call back
 into the index.
+
+Memory is per endpoint (Felix's target is 250,000 of them against a few hundred
+selectors), so the endpoint side is kept compact:
+
+* one label dict per endpoint, the effective one; its own labels are recovered from a
+  tuple of its own keys, shared between endpoints with the same keys (own labels win, so
+  their values are the effective ones);
+* endpoints are indexed by (key, value) only for keys some selector mentions (built on
+  first use, kept afterwards so a selector coming and going does not rescan): labels no
+  selector reads, such as ``pod-template-hash``, cost nothing beyond the label dict. A
+  (key, value) held by one endpoint maps to the bare endpoint id; "has the key" is the
+  union of the key's value buckets, with a count per key;
+* large collections of endpoint ids (value buckets, a selector's matches, a parent's
+  children) are dicts used as sets: CPython sizes a set's table at up to 4x its
+  elements, 16 bytes a slot, so a large dict is about half the size;
+* an endpoint's current matches are a tuple while there are few (a set above
+  ``_FEW``), and absent while there are none.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from typing import Any
 
 from .restrict import ANY, Alternative, Requirement, requirement_options
@@ -54,6 +71,64 @@ def _discard(index: dict, key: Hashable, item: Hashable) -> None:
             del index[key]
 
 
+_FEW = 16  # an endpoint's matches: a tuple up to this many, then a set
+_MISSING = object()
+
+
+def _bucket_add(index: dict, key: Hashable, item: Hashable) -> None:
+    """Add to a bucket of endpoint ids: the bare id while it holds one (ids are hashable,
+    so never a dict themselves), from two on a dict used as a set (a large dict takes
+    about half the memory of a set of the same size)."""
+    bucket = index.get(key, _MISSING)
+    if bucket is _MISSING:
+        index[key] = item
+    elif type(bucket) is dict:
+        bucket[item] = None
+    elif bucket != item:
+        index[key] = {bucket: None, item: None}
+
+
+def _bucket_discard(index: dict, key: Hashable, item: Hashable) -> None:
+    bucket = index.get(key, _MISSING)
+    if type(bucket) is dict:
+        bucket.pop(item, None)
+        if len(bucket) == 1:
+            index[key] = next(iter(bucket))
+    elif bucket is not _MISSING and bucket == item:
+        del index[key]
+
+
+def _bucket_len(bucket: Any) -> int:
+    return len(bucket) if type(bucket) is dict else 1
+
+
+def _few_add(index: dict, key: Hashable, item: Hashable) -> None:
+    """Add ``item`` (not yet there) to a collection that is a tuple while small."""
+    got = index.get(key)
+    if got is None:
+        index[key] = (item,)
+    elif type(got) is tuple:
+        index[key] = got + (item,) if len(got) < _FEW else {*got, item}
+    else:
+        got.add(item)
+
+
+def _few_discard(index: dict, key: Hashable, item: Hashable) -> None:
+    got = index.get(key)
+    if got is None:
+        return
+    if type(got) is tuple:
+        if item in got:
+            if len(got) == 1:
+                del index[key]
+            else:
+                index[key] = tuple(x for x in got if x != item)
+    else:
+        got.discard(item)
+        if not got:
+            del index[key]
+
+
 def _check_labels(what: str, ident: Any, labels: Mapping[str, str]) -> dict[str, str]:
     out = dict(labels)
     for k, v in out.items():
@@ -65,15 +140,20 @@ def _check_labels(what: str, ident: Any, labels: Mapping[str, str]) -> dict[str,
 class _SelInfo:
     __slots__ = ("selector", "fn", "keys", "options", "neg_options", "req", "empty_match")
 
+    fn: Callable[[Mapping[str, str]], bool]
+
     def __init__(self, selector: Selector):
         self.selector = selector
-        self.fn = selector.matches
+        # ``fn`` is compiled on first use (``__getattr__``): of 10,000 policy selectors
+        # against a node's 200 endpoints most are never evaluated.
         self.keys = selector.label_keys
         try:
             self.options: list[frozenset[Alternative]] = requirement_options(selector.root)
             # What the *negation* requires bounds the endpoints the selector rejects:
-            # "tier != 'db'" can only reject endpoints with tier=db.
-            self.neg_options = requirement_options(selector.root, negated=True)
+            # "tier != 'db'" can only reject endpoints with tier=db. Only needed (and
+            # kept) without a requirement of its own.
+            self.neg_options = (
+                [] if self.options else requirement_options(selector.root, negated=True))
         except RecursionError:
             self.options = self.neg_options = []
         # The statically most selective option indexes the selector.
@@ -81,14 +161,25 @@ class _SelInfo:
         # With a requirement the empty label set cannot match (it satisfies nothing).
         self.empty_match = self.req is None and self.fn({})
 
+    def __getattr__(self, name: str) -> Any:
+        # Reached only while the ``fn`` slot is still empty.
+        if name == "fn":
+            fn = self.fn = self.selector.matches
+            return fn
+        raise AttributeError(name)
+
 
 class _EpInfo:
-    __slots__ = ("own", "parents", "labels")
+    __slots__ = ("own_keys", "parents", "labels")
 
-    def __init__(self, own: dict[str, str], parents: tuple, labels: dict[str, str]):
-        self.own = own
+    def __init__(self, own_keys: tuple[str, ...], parents: tuple, labels: dict[str, str]):
+        self.own_keys = own_keys  # shared between endpoints; values are in labels
         self.parents = parents
-        self.labels = labels  # effective labels after inheritance
+        self.labels = labels  # effective labels after inheritance (own ones win)
+
+    def own(self) -> dict[str, str]:
+        labels = self.labels
+        return {k: labels[k] for k in self.own_keys}
 
 
 class LabelIndex:
@@ -105,15 +196,19 @@ class LabelIndex:
         self._sels: dict[Any, _SelInfo] = {}
         self._eps: dict[Any, _EpInfo] = {}
         self._parent_labels: dict[Any, dict[str, str]] = {}
-        self._children: dict[Any, set] = {}
+        self._children: dict[Any, dict[Any, None]] = {}  # parent -> children (as a set)
+        self._own_keys: dict[tuple[str, ...], tuple[str, ...]] = {}  # shared key tuples
 
-        # Current matches, both ways.
-        self._eps_by_sel: dict[Any, set] = {}
-        self._sels_by_ep: dict[Any, set] = {}
+        # Current matches, both ways: a selector's as a dict used as a set (smaller than a
+        # set), an endpoint's as a tuple while few (absent if none).
+        self._eps_by_sel: dict[Any, dict[Any, None]] = {}
+        self._sels_by_ep: dict[Any, tuple | set] = {}
 
-        # Endpoints by effective label: used when a selector is added.
-        self._eps_by_key: dict[str, set] = {}
-        self._eps_by_kv: dict[tuple[str, str], set] = {}
+        # Endpoints by effective label, for the keys selectors mention: key -> value ->
+        # bucket (bare id or dict), and how many endpoints have the key. Used when a
+        # selector is added.
+        self._eps_by_label: dict[str, dict[str, Any]] = {}
+        self._key_count: dict[str, int] = {}
 
         # Selectors with a requirement, by required alternative: used for a new endpoint.
         self._sels_by_req_kv: dict[tuple[str, str], set] = {}
@@ -143,6 +238,15 @@ class LabelIndex:
         ep = self._eps.get(ep_id)
         return None if ep is None else dict(ep.labels)
 
+    def has_match(self, sel_id: Any, ep_id: Any) -> bool:
+        matches = self._eps_by_sel.get(sel_id)
+        return matches is not None and ep_id in matches
+
+    def iter_matches(self, sel_id: Any) -> Iterator[Any]:
+        """The selector's current matches without a copy: do not change the index (or let
+        a callback run) while iterating."""
+        return iter(self._eps_by_sel.get(sel_id, ()))
+
     def selector(self, sel_id: Any) -> Selector | None:
         info = self._sels.get(sel_id)
         return None if info is None else info.selector
@@ -163,21 +267,22 @@ class LabelIndex:
         if old is not None and old.selector == selector:
             return
         info = _SelInfo(selector)
+        self._index_keys(info.keys)
         new_matches = self._scan_endpoints(info)
         if old is not None:
             self._unindex_selector(sel_id, old)
         self._sels[sel_id] = info
         self._index_selector(sel_id, info)
-        current = self._eps_by_sel.setdefault(sel_id, set())
+        current = self._eps_by_sel.setdefault(sel_id, {})
         # _stop/_start inlined: a broad selector can start or stop thousands of matches.
         sels_by_ep, started, stopped = self._sels_by_ep, self._on_started, self._on_stopped
-        for ep_id in current - new_matches:
-            current.discard(ep_id)
-            sels_by_ep[ep_id].discard(sel_id)
+        for ep_id in current.keys() - new_matches:
+            del current[ep_id]
+            _few_discard(sels_by_ep, ep_id, sel_id)
             stopped(sel_id, ep_id)
-        for ep_id in new_matches - current:
-            current.add(ep_id)
-            sels_by_ep[ep_id].add(sel_id)
+        for ep_id in new_matches.difference(current):
+            current[ep_id] = None
+            _few_add(sels_by_ep, ep_id, sel_id)
             started(sel_id, ep_id)
 
     def delete_selector(self, sel_id: Any) -> None:
@@ -188,10 +293,34 @@ class LabelIndex:
         current = self._eps_by_sel[sel_id]
         sels_by_ep, stopped = self._sels_by_ep, self._on_stopped
         for ep_id in list(current):
-            current.discard(ep_id)
-            sels_by_ep[ep_id].discard(sel_id)
+            del current[ep_id]
+            _few_discard(sels_by_ep, ep_id, sel_id)
             stopped(sel_id, ep_id)
         del self._eps_by_sel[sel_id]
+
+    def _index_keys(self, keys: Iterable[str]) -> None:
+        """Index endpoints by each of ``keys`` not indexed yet (one pass over them all)."""
+        for key in keys:
+            if key in self._eps_by_label:
+                continue
+            values: dict[str, Any] = {}
+            count = 0
+            for ep_id, ep in self._eps.items():
+                value = ep.labels.get(key)
+                if value is not None:
+                    _bucket_add(values, value, ep_id)
+                    count += 1
+            self._eps_by_label[key] = values
+            self._key_count[key] = count
+
+    def _key_members(self, key: str) -> set:
+        out: set = set()
+        for bucket in self._eps_by_label[key].values():
+            if type(bucket) is dict:
+                out.update(bucket)
+            else:
+                out.add(bucket)
+        return out
 
     def _scan_endpoints(self, info: _SelInfo) -> set:
         """Endpoint ids that ``info`` matches, visiting only possible candidates."""
@@ -209,31 +338,40 @@ class LabelIndex:
             # An endpoint with none of the mentioned keys behaves like {}: no match.
             candidates = set()
             for key in info.keys:
-                bucket = self._eps_by_key.get(key)
-                if bucket:
-                    candidates |= bucket
+                candidates |= self._key_members(key)
             return {e for e in candidates if fn(eps[e].labels)}
         return {e for e, ep in eps.items() if fn(ep.labels)}
 
     def _candidates(self, options: list[frozenset[Alternative]]) -> set:
         """Endpoints meeting the option with the fewest of them now (each one is sound)."""
-        best: list[set] | None = None
+        best: list[tuple[str, Any]] | None = None
         best_size = 0
+        by_label, key_count = self._eps_by_label, self._key_count
         for option in options:
-            buckets = []
+            parts: list[tuple[str, Any]] = []
+            size = 0
             for key, value in option:
-                bucket = (
-                    self._eps_by_key.get(key)
-                    if value is ANY
-                    else self._eps_by_kv.get((key, value))  # type: ignore[arg-type]
-                )
-                if bucket:
-                    buckets.append(bucket)
-            size = sum(len(b) for b in buckets)
+                if value is ANY:
+                    n = key_count[key]
+                else:
+                    bucket = by_label[key].get(value, _MISSING)  # type: ignore[arg-type]
+                    n = 0 if bucket is _MISSING else _bucket_len(bucket)
+                if n:
+                    parts.append((key, value))
+                    size += n
             if best is None or size < best_size:
-                best, best_size = buckets, size
-        return set().union(*best) if best else set()
-
+                best, best_size = parts, size
+        out: set = set()
+        for key, value in best or ():
+            if value is ANY:
+                out |= self._key_members(key)
+            else:
+                bucket = by_label[key][value]
+                if type(bucket) is dict:
+                    out.update(bucket)
+                else:
+                    out.add(bucket)
+        return out
     def _index_selector(self, sel_id: Any, info: _SelInfo) -> None:
         for key in info.keys:
             _add(self._sels_by_key, key, sel_id)
@@ -282,22 +420,21 @@ class LabelIndex:
         ep = self._eps.get(ep_id)
         if ep is None:
             for parent_id in parents:
-                _add(self._children, parent_id, ep_id)
+                self._children.setdefault(parent_id, {})[ep_id] = None
             effective = self._effective(own, parents)
-            self._eps[ep_id] = _EpInfo(own, parents, effective)
-            self._sels_by_ep[ep_id] = set()
+            self._eps[ep_id] = _EpInfo(self._shared_keys(own), parents, effective)
             self._index_endpoint_labels(ep_id, {}, effective, effective.keys())
             self._match_new_endpoint(ep_id, effective)
             return
-        if ep.own == own and ep.parents == parents:
+        if ep.parents == parents and ep.own() == own:
             return
         if ep.parents != parents:
             old_set, new_set = set(ep.parents), set(parents)
             for parent_id in old_set - new_set:
-                _discard(self._children, parent_id, ep_id)
+                self._discard_child(parent_id, ep_id)
             for parent_id in new_set - old_set:
-                _add(self._children, parent_id, ep_id)
-        ep.own = own
+                self._children.setdefault(parent_id, {})[ep_id] = None
+        ep.own_keys = self._shared_keys(own)
         ep.parents = parents
         self._relabel(ep_id, ep, self._effective(own, parents))
 
@@ -306,11 +443,28 @@ class LabelIndex:
         if ep is None:
             return
         for parent_id in set(ep.parents):
-            _discard(self._children, parent_id, ep_id)
+            self._discard_child(parent_id, ep_id)
         self._index_endpoint_labels(ep_id, ep.labels, {}, ep.labels.keys())
-        for sel_id in list(self._sels_by_ep.get(ep_id, ())):
-            self._stop(sel_id, ep_id)
-        self._sels_by_ep.pop(ep_id, None)
+        eps_by_sel, stopped = self._eps_by_sel, self._on_stopped
+        for sel_id in tuple(self._sels_by_ep.pop(ep_id, ())):
+            del eps_by_sel[sel_id][ep_id]
+            stopped(sel_id, ep_id)
+
+    def _shared_keys(self, own: dict[str, str]) -> tuple[str, ...]:
+        keys = tuple(own)
+        got = self._own_keys.get(keys)
+        if got is None:
+            if len(self._own_keys) >= 10_000:  # unbounded variety: stop sharing
+                return keys
+            self._own_keys[keys] = got = keys
+        return got
+
+    def _discard_child(self, parent_id: Any, ep_id: Any) -> None:
+        children = self._children.get(parent_id)
+        if children is not None:
+            children.pop(ep_id, None)
+            if not children:
+                del self._children[parent_id]
 
     # ------------------------------------------------------------------ parents
 
@@ -329,7 +483,7 @@ class LabelIndex:
     def _refresh_children(self, parent_id: Any) -> None:
         for ep_id in list(self._children.get(parent_id, ())):
             ep = self._eps[ep_id]
-            self._relabel(ep_id, ep, self._effective(ep.own, ep.parents))
+            self._relabel(ep_id, ep, self._effective(ep.own(), ep.parents))
 
     def _effective(self, own: dict[str, str], parents: tuple) -> dict[str, str]:
         if not parents:
@@ -348,17 +502,21 @@ class LabelIndex:
     def _index_endpoint_labels(
         self, ep_id: Any, old: Mapping[str, str], new: Mapping[str, str], keys: Iterable[str]
     ) -> None:
+        by_label, key_count = self._eps_by_label, self._key_count
         for key in keys:
+            values = by_label.get(key)
+            if values is None:
+                continue  # no selector has mentioned this key
             old_value = old.get(key)
             new_value = new.get(key)
             if old_value is not None:
-                _discard(self._eps_by_kv, (key, old_value), ep_id)
+                _bucket_discard(values, old_value, ep_id)
                 if new_value is None:
-                    _discard(self._eps_by_key, key, ep_id)
+                    key_count[key] -= 1
             if new_value is not None:
-                _add(self._eps_by_kv, (key, new_value), ep_id)
+                _bucket_add(values, new_value, ep_id)
                 if old_value is None:
-                    _add(self._eps_by_key, key, ep_id)
+                    key_count[key] += 1
 
     def _match_new_endpoint(self, ep_id: Any, labels: dict[str, str]) -> None:
         candidates: set = set()
@@ -387,7 +545,8 @@ class LabelIndex:
             return
         self._index_endpoint_labels(ep_id, old, new, changed)
 
-        current = self._sels_by_ep[ep_id]
+        # A snapshot: each candidate below is decided once, against its state before.
+        current = self._sels_by_ep.get(ep_id, ())
         sels = self._sels
         candidates: set = set()
         # Current matches can only be lost through a selector mentioning a changed key;
@@ -400,7 +559,10 @@ class LabelIndex:
             if not bucket:
                 continue  # no selector mentions this key: nothing can change
             if current:
-                candidates |= current & bucket  # iterates the smaller set
+                if type(current) is tuple:
+                    candidates.update(s for s in current if s in bucket)
+                else:
+                    candidates |= current & bucket  # type: ignore[operator]  # the smaller set
             bucket = unopt.get(key)
             if bucket:
                 candidates |= bucket
@@ -420,11 +582,11 @@ class LabelIndex:
                 self._stop(sel_id, ep_id)
 
     def _start(self, sel_id: Any, ep_id: Any) -> None:
-        self._eps_by_sel[sel_id].add(ep_id)
-        self._sels_by_ep[ep_id].add(sel_id)
+        self._eps_by_sel[sel_id][ep_id] = None
+        _few_add(self._sels_by_ep, ep_id, sel_id)
         self._on_started(sel_id, ep_id)
 
     def _stop(self, sel_id: Any, ep_id: Any) -> None:
-        self._eps_by_sel[sel_id].discard(ep_id)
-        self._sels_by_ep[ep_id].discard(sel_id)
+        del self._eps_by_sel[sel_id][ep_id]
+        _few_discard(self._sels_by_ep, ep_id, sel_id)
         self._on_stopped(sel_id, ep_id)
