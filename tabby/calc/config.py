@@ -14,6 +14,7 @@ from typing import Any
 
 from tabby.calc import messages as m
 from tabby.calc import sequencer as sq
+from tabby.policy.host import merged_spec
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ def pool_update(doc: Mapping[str, Any]) -> m.IPPoolUpdate:
 
 class ConfigCalculator:
     def __init__(self, node_name: str, seq: sq.EventSequencer) -> None:
+        self._node = node_name
         self._names = ("default", f"node.{node_name}")
         self._seq = seq
         self._specs: dict[str, Mapping[str, Any]] = {}
@@ -87,11 +89,8 @@ class ConfigCalculator:
         if not self._dirty:
             return
         self._dirty = False
-        merged: dict[str, Any] = {}
-        for name in self._names:  # node-specific values win
-            merged.update({k: v for k, v in self._specs.get(name, {}).items() if v is not None})
         try:
-            msg = config_update(merged)
+            msg = config_update(merged_spec(self._specs, self._node))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("FelixConfiguration unusable, keeping the defaults: %s", exc)
             msg = m.ConfigUpdate()

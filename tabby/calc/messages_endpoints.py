@@ -24,6 +24,10 @@ from tabby.calc.messages_fields import (
     _set,
     _strs,
 )
+from tabby.resources.felix import (
+    DEFAULT_FAILSAFE_INBOUND_HOST_PORTS,
+    DEFAULT_FAILSAFE_OUTBOUND_HOST_PORTS,
+)
 
 # --- endpoints ---------------------------------------------------------------------------
 
@@ -205,13 +209,14 @@ def _failsafes(text: str) -> tuple[FailsafePort, ...]:
     return tuple(FailsafePort.parse(t) for t in text.split(","))
 
 
-# Calico's defaults (FailsafeInboundHostPorts / FailsafeOutboundHostPorts).
-DEFAULT_FAILSAFE_INBOUND = _failsafes(
-    "tcp:22,udp:68,tcp:179,tcp:2379,tcp:2380,tcp:5473,tcp:6443,tcp:6666,tcp:6667"
-)
-DEFAULT_FAILSAFE_OUTBOUND = _failsafes(
-    "udp:53,udp:67,tcp:179,tcp:2379,tcp:2380,tcp:5473,tcp:6443,tcp:6666,tcp:6667"
-)
+def _from_model(entries: Iterable[Any]) -> tuple[FailsafePort, ...]:
+    return tuple(FailsafePort(e.protocol, e.port, e.net) for e in entries)
+
+
+# Calico's defaults (FailsafeInboundHostPorts / FailsafeOutboundHostPorts), kept once,
+# with the FelixConfiguration model.
+DEFAULT_FAILSAFE_INBOUND = _from_model(DEFAULT_FAILSAFE_INBOUND_HOST_PORTS)
+DEFAULT_FAILSAFE_OUTBOUND = _from_model(DEFAULT_FAILSAFE_OUTBOUND_HOST_PORTS)
 
 
 @dataclass(frozen=True, slots=True)
