@@ -10,6 +10,7 @@ import pytest
 
 if TYPE_CHECKING:
     from tabby.bgp.testing import BgpLab
+    from tabby.lab.testing import WorkloadsLab
 
 
 @pytest.fixture(scope="module")
@@ -32,3 +33,17 @@ def bgp_lab(topology: Callable[..., Any], tmp_path: Path) -> Iterator[BgpLab]:
     bgp = BgpLab(topology(), tmp_path / "bgp")
     yield bgp
     bgp.close()
+
+
+@pytest.fixture(scope="module")
+def workloads_lab() -> Iterator[WorkloadsLab]:
+    """One node namespace with four probe-serving workloads, per test module
+    (`tabby.lab.testing`)."""
+    import os
+
+    from tabby.lab.testing import workloads_lab
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root (network namespaces)")
+    with workloads_lab() as lab:
+        yield lab

@@ -14,12 +14,6 @@ indexed policy (a map element delta).
 
 from __future__ import annotations
 
-import os
-import secrets
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
-
 import pytest
 
 from tabby.calc.messages import (
@@ -33,10 +27,11 @@ from tabby.calc.messages import (
 )
 from tabby.dataplane.nft import NftDataplane
 from tabby.lab import netns as nsops
-from tabby.lab.probe import ProbeServer, make_spec, probe_batch
+from tabby.lab.probe import make_spec, probe_batch
+from tabby.lab.testing import OTHER, PORT
+from tabby.lab.testing import WorkloadsLab as Lab
 
 pytestmark = pytest.mark.root
-PORT, OTHER = 8080, 8081
 FAST = 0.5
 ALLOW_ALL = ProfileUpdate("allow-all", (Rule("allow"),), (Rule("allow"),))
 KEYED = [f"k{i:02d}" for i in range(30)]
@@ -44,31 +39,9 @@ TIERS = (TierInfo("security", "Deny", ("pass-w4", *KEYED, "udp-w3"), ()),
          TierInfo("default", "Deny", ("other-w4",), ()))
 
 
-@dataclass
-class Lab:
-    topo: Any
-    node: Any
-    w: dict[str, Any]
-
-    def ip(self, name: str) -> str:
-        return str(self.w[name].ip)
-
-
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (network namespaces)")
-    from tabby.lab.topology import Topology
-
-    topo = Topology("tt" + secrets.token_hex(2))
-    try:
-        node = topo.add_node("n1")
-        ws = {f"w{i}": topo.add_workload(node, f"w{i}", f"10.65.0.{i}") for i in range(1, 5)}
-        for wl in ws.values():
-            ProbeServer.start(wl, tcp=[PORT, OTHER], udp=[PORT], topology=topo)
-        yield Lab(topo, node, ws)
-    finally:
-        topo.teardown()
+def lab(workloads_lab: Lab) -> Lab:
+    return workloads_lab
 
 
 def policies(lab: Lab, w1_port: int = PORT) -> list[object]:

@@ -7,14 +7,11 @@ w4 is wired like the others but never gets an endpoint message: an unknown cali*
 
 from __future__ import annotations
 
-import os
-import secrets
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
@@ -31,9 +28,10 @@ from tabby.calc.messages import (
 from tabby.dataplane.nft import NftApplyError, NftDataplane, model, rules
 from tabby.lab import netns as nsops
 from tabby.lab.probe import ProbeServer, make_spec, probe_batch
+from tabby.lab.testing import OTHER, PORT
+from tabby.lab.testing import WorkloadsLab as Lab
 
 pytestmark = pytest.mark.root
-PORT, OTHER = 8080, 8081
 FAST = 0.5  # a dropped probe costs this; probes of one check run in parallel
 ALLOW_ALL = ProfileUpdate("allow-all", (Rule("allow"),), (Rule("allow"),))
 
@@ -59,34 +57,9 @@ for line in sys.stdin:
 """
 
 
-@dataclass
-class Lab:
-    topo: object
-    node: object
-    w: dict  # name -> Workload
-
-    def ns(self, name: str) -> str:
-        return self.w[name].netns
-
-    def ip(self, name: str) -> str:
-        return self.w[name].ip
-
-
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (network namespaces)")
-    from tabby.lab.topology import Topology
-
-    topo = Topology("tn" + secrets.token_hex(2))
-    try:
-        node = topo.add_node("n1")
-        ws = {f"w{i}": topo.add_workload(node, f"w{i}", f"10.65.0.{i}") for i in range(1, 5)}
-        for wl in ws.values():
-            ProbeServer.start(wl, tcp=[PORT, OTHER], udp=[PORT], topology=topo)
-        yield Lab(topo, node, ws)
-    finally:
-        topo.teardown()
+def lab(workloads_lab: Lab) -> Lab:
+    return workloads_lab
 
 
 @pytest.fixture
