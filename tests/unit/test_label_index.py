@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import pytest
 from hypothesis import given, settings
@@ -324,6 +324,12 @@ def brute_force(endpoints, parents, selectors) -> set[tuple[str, str]]:
 @settings(max_examples=250, deadline=None)
 @given(st.lists(operations, max_size=40))
 def test_index_agrees_with_brute_force(ops):
+    run_against_brute_force(ops)
+
+
+def run_against_brute_force(ops: list, check: Callable[[LabelIndex], None] | None = None) -> None:
+    """Apply `ops` to a fresh index; after each, its matches (reported and queried) equal a
+    brute-force evaluation, and `check(index)` holds. Shared with test_label_index_compact."""
     idx, rec = make_index()
     endpoints: dict[str, tuple[dict[str, str], list[str]]] = {}
     parents: dict[str, dict[str, str]] = {}
@@ -356,7 +362,10 @@ def test_index_agrees_with_brute_force(ops):
             assert idx.matches_for_selector(sel_id) == {e for s, e in expected if s == sel_id}
         for ep_id in endpoints:
             assert idx.selectors_for_endpoint(ep_id) == {s for s, e in expected if e == ep_id}
+        if check is not None:
+            check(idx)
     # Tear everything down: every match must be stopped exactly once.
     for ep_id in list(endpoints):
         idx.delete_endpoint(ep_id)
     assert rec.matches == set()
+    assert not idx._sels_by_ep

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_label_index import brute_force, make_index, operations
+from test_label_index import make_index, operations, run_against_brute_force
 
 from tabby.selector import LabelIndex, index
 
@@ -48,43 +48,7 @@ def check_internals(idx: LabelIndex) -> None:
 def test_compact_index_agrees_with_brute_force(ops):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(index, "_FEW", 2)
-        run_against_brute_force(ops)
-
-
-def run_against_brute_force(ops: list) -> None:
-    idx, rec = make_index()
-    endpoints: dict = {}
-    parents: dict = {}
-    selectors: dict = {}
-    for op in ops:
-        kind = op[0]
-        if kind == "ep":
-            idx.update_endpoint(op[1], op[2], op[3])
-            endpoints[op[1]] = (op[2], op[3])
-        elif kind == "del_ep":
-            idx.delete_endpoint(op[1])
-            endpoints.pop(op[1], None)
-        elif kind == "parent":
-            idx.update_parent(op[1], op[2])
-            parents[op[1]] = op[2]
-        elif kind == "del_parent":
-            idx.delete_parent(op[1])
-            parents.pop(op[1], None)
-        elif kind == "sel":
-            idx.update_selector(op[1], op[2])
-            selectors[op[1]] = op[2]
-        else:
-            idx.delete_selector(op[1])
-            selectors.pop(op[1], None)
-        expected = brute_force(endpoints, parents, selectors)
-        assert rec.matches == expected, op
-        for ep_id in endpoints:
-            assert idx.selectors_for_endpoint(ep_id) == {s for s, e in expected if e == ep_id}
-        check_internals(idx)
-    for ep_id in list(endpoints):
-        idx.delete_endpoint(ep_id)
-    assert rec.matches == set()
-    assert not idx._sels_by_ep
+        run_against_brute_force(ops, check_internals)
 
 
 def test_labels_no_selector_reads_are_not_indexed():
