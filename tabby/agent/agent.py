@@ -83,6 +83,7 @@ class AgentConfig:
     typha_ssl_context: Any = None  # ssl.SSLContext (tabby.typha.client_context)
     typha_identity: Any = None  # tabby.typha.PeerIdentity the server must have
     as_number: int | None = None
+    ip6: str = "none"  # calico/node's IP6: "autodetect" registers bgp.ipv6Address
     ipip: str = "auto"  # auto | kernel | bpf | off
     allow_host_netns: bool = False
     apply_backoff_max: float = 5.0
@@ -276,7 +277,8 @@ class Agent:
         try:
             return NodeRegistrar(ds, self.cfg.node_name, self.underlay,
                                  as_number=self.cfg.as_number,
-                                 annotations=self._annotations).reconcile()
+                                 annotations=self._annotations,
+                                 ip6_autodetect=self.cfg.ip6 == "autodetect").reconcile()
         finally:
             ds.close()
 

@@ -6,7 +6,9 @@
 
 `reconcile()` makes the Node resource say what this host is: `spec.addresses`
 (CalicoNodeIP with its prefix length, InternalIP), `spec.bgp.ipv4Address` (address/prefix,
-which is also how other nodes decide CrossSubnet), `spec.bgp.asNumber` when given, the
+which is also how other nodes decide CrossSubnet), `spec.bgp.ipv6Address` with
+`ip6_autodetect` (calico/node's IP6=autodetect: the underlay's first global IPv6 address),
+`spec.bgp.asNumber` when given, the
 annotations the agent manages (`tabby.dev/ipip-implementation` while its IP-in-IP
 dataplane programs IPIP routes), and - while a VXLAN pool that allows tunnel addresses selects this node - a VXLAN tunnel address
 (`spec.ipv4VXLANTunnelAddr`, allocated from IPAM with handle `vxlan-tunnel-addr-<node>`,
@@ -39,6 +41,7 @@ from tabby.resources import from_dict, to_dict
 
 log = logging.getLogger(__name__)
 
+IFA_F_TENTATIVE = 0x40  # an IPv6 address still in duplicate address detection
 TUNNEL_HANDLE_PREFIX = "vxlan-tunnel-addr-"
 TUNNEL_ATTR_TYPE = "vxlanTunnelAddress"
 CAS_RETRIES = 10
@@ -55,15 +58,22 @@ class Underlay:
     ip: str
     prefixlen: int
     mtu: int
+    ip6: str | None = None  # the interface's first global IPv6 address, if it has one
+    prefixlen6: int | None = None
 
     @property
     def cidr(self) -> str:
         return f"{self.ip}/{self.prefixlen}"
 
+    @property
+    def cidr6(self) -> str | None:
+        return f"{self.ip6}/{self.prefixlen6}" if self.ip6 else None
+
 
 def detect_underlay(ifname: str | None = None, netns: str | None = None) -> Underlay:
-    """The interface given (or the one holding the IPv4 default route) and its first global
-    IPv4 address, read in this process's namespace (or `netns`, for tests)."""
+    """The interface given (or the one holding the IPv4 default route), its first global
+    IPv4 address and, if it has one, its first global IPv6 address (not still in duplicate
+    address detection), read in this process's namespace (or `netns`, for tests)."""
     with IPRoute(netns=netns, flags=0) if netns else IPRoute() as ipr:
         if ifname is None:
             index = None
@@ -83,10 +93,14 @@ def detect_underlay(ifname: str | None = None, netns: str | None = None) -> Unde
         (link,) = ipr.link("get", index=index)
         name = link.get_attr("IFLA_IFNAME")
         mtu = int(link.get_attr("IFLA_MTU"))
+        v6 = [(a.get_attr("IFA_ADDRESS"), int(a["prefixlen"]))
+              for a in ipr.addr("dump", index=index, family=10)
+              if a["scope"] == 0 and not a["flags"] & IFA_F_TENTATIVE]
+        ip6, plen6 = v6[0] if v6 else (None, None)
         for a in ipr.addr("dump", index=index, family=2):
             if a["scope"] == 0:  # global
                 return Underlay(name, index, a.get_attr("IFA_ADDRESS"), int(a["prefixlen"]),
-                                mtu)
+                                mtu, ip6, plen6)
     raise UnderlayError(f"--underlay-if: interface {name!r} has no global IPv4 address")
 
 
@@ -112,8 +126,12 @@ class NodeState:
 class NodeRegistrar:
     def __init__(self, ds: Datastore, node_name: str, underlay: Underlay, *,
                  as_number: int | None = None,
-                 annotations: Mapping[str, str | None] | None = None) -> None:
+                 annotations: Mapping[str, str | None] | None = None,
+                 ip6_autodetect: bool = False) -> None:
         self.ds = ds
+        # calico/node's IP6=autodetect: register the underlay's IPv6 address as
+        # spec.bgp.ipv6Address. Off (IP6=none, Calico's default): leave that field alone.
+        self.ip6_autodetect = ip6_autodetect
         self.client = ResourceClient(ds)
         self.node_name = node_name
         self.underlay = underlay
@@ -199,6 +217,8 @@ class NodeRegistrar:
                              {"address": ul.ip, "type": "InternalIP"}, *others]
         bgp = spec.setdefault("bgp", {})
         bgp["ipv4Address"] = ul.cidr
+        if self.ip6_autodetect and ul.cidr6:
+            bgp["ipv6Address"] = ul.cidr6
         if self.as_number is not None:
             bgp["asNumber"] = self.as_number
         labels = dict((doc.get("metadata") or {}).get("labels") or {})

@@ -144,6 +144,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run.add_argument("--allow-host-netns", action="store_true",
                      help="allow running in the machine's initial network namespace (a real "
                           "host); refused by default so a lab agent never touches the host")
+    run.add_argument("--ip6", choices=("none", "autodetect"), default="none",
+                     help="as calico/node's IP6: autodetect registers the underlay's first "
+                          "global IPv6 address as the Node's bgp.ipv6Address (default none)")
     run.add_argument("--cni-server", action=argparse.BooleanOptionalAction, default=True,
                      help="serve tabby-cni invocations of this network namespace in-process "
                           "(the installed client falls back to the Python plugin without it)")
@@ -198,7 +201,7 @@ def run_agent(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port, underlay_if=args.underlay_if, bgp=args.bgp,
         run_dir=args.run_dir, as_number=args.as_number, ipip=args.ipip,
         allow_host_netns=args.allow_host_netns, stop_bgp_on_exit=args.stop_bgp_on_exit,
-        cni_server=args.cni_server, **typha,
+        cni_server=args.cni_server, ip6=args.ip6, **typha,
     )
     agent = Agent(cfg)
 

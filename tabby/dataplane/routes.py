@@ -167,6 +167,7 @@ class RouteDataplane:
         self._configured_ifaces: set[str] = set()
         self._ifindex: dict[str, int] = {}  # link name -> index, from the last read
         self._node_sysctls_done = False
+        self._ipv6_sysctls_done = False
 
     # --- messages -----------------------------------------------------------------------
 
@@ -395,11 +396,19 @@ class RouteDataplane:
     def _apply(self, ipr: Any, res: RouteApplyResult, failures: list[str]) -> None:
         now = self.clock()
         problems: dict[str, str] = {}
-        # 0. Node sysctls, once.
+        # 0. Node sysctls, once; IPv6 forwarding once an IPv6 pool exists (Felix sets it with
+        # IPv6 support; it also stops the host accepting router advertisements, so not for
+        # IPv4-only clusters).
         if not self._node_sysctls_done:
             try:
                 sysctls.write_sysctls(sysctls.NODE_SYSCTLS, self.netns)
                 self._node_sysctls_done = True
+            except (sysctls.SysctlError, OSError) as exc:
+                failures.append(str(exc))
+        if not self._ipv6_sysctls_done and any(":" in p.cidr for p in self.pools.values()):
+            try:
+                sysctls.write_sysctls(sysctls.NODE_SYSCTLS_V6, self.netns)
+                self._ipv6_sysctls_done = True
             except (sysctls.SysctlError, OSError) as exc:
                 failures.append(str(exc))
         # 1. The VXLAN device.

@@ -27,6 +27,8 @@ NODE_SYSCTLS: dict[str, str | int] = {
     "net.ipv4.ip_forward": 1,
     "net.ipv4.conf.all.forwarding": 1,
 }
+# Once the cluster has an IPv6 pool.
+NODE_SYSCTLS_V6: dict[str, str | int] = {"net.ipv6.conf.all.forwarding": 1}
 
 
 class SysctlError(RuntimeError):

@@ -291,14 +291,10 @@ def _bootstrap(state: LabState) -> None:
                      "nodeSelector": "all()", "vxlanMode": "Never", "ipipMode": "Never"},
         })  # fmt: skip
     for n in state.nodes:
-        # What calico/node's IP autodetection would find; the agent keeps it up to date.
-        # The agent manages ipv4Address and keeps the rest of spec.bgp: it does not detect
-        # IPv6, so the lab states the node's first global IPv6 address (as autodetection
-        # would find it) once, here.
+        # What calico/node's IP autodetection would find; the agent keeps it up to date
+        # (and registers bgp.ipv6Address itself: dual-stack agents run with --ip6 autodetect).
         plen = n.cidr.split("/")[1]
         bgp = {"ipv4Address": f"{n.ip}/{plen}"}
-        if n.ip6:
-            bgp["ipv6Address"] = f"{n.ip6}/64"
         docs.append({
             "apiVersion": "projectcalico.org/v3", "kind": "Node", "metadata": {"name": n.name},
             "spec": {"bgp": bgp, "addresses": [{"address": n.ip, "type": "InternalIP"}]},
@@ -328,6 +324,8 @@ def agent_argv(state: LabState, node: NodeState) -> list[str]:
     argv = [sys.executable, "-m", "tabby.cli.main", "--datastore", state.datastore_url,
             "node", "run", "--name", node.name, "--health-port", str(node.health_port),
             "--run-dir", node.run_dir]  # fmt: skip
+    if 6 in state.families:
+        argv += ["--ip6", "autodetect"]
     if state.typha:
         argv += ["--typha", state.typha]
     return argv

@@ -86,8 +86,8 @@ def test_dual_stack_up_probe_policy_down(
     underlay6 = ipaddress.ip_network(ula_subnet(lab_name, 0))
     pool6 = ipaddress.ip_network(cluster.POOL6_CIDR)
 
-    # Every node: an IPv6 underlay address, a Node with bgp.ipv6Address (kept by the agent
-    # that re-registers it), and a full mesh in both families.
+    # Every node: an IPv6 underlay address, a Node with bgp.ipv6Address (registered by its
+    # agent, which runs with --ip6 autodetect), and a full mesh in both families.
     rc, out, _ = tabby(capsys, "lab", "status", *n, "-o", "json")
     assert rc == 0
     status = json.loads(out)

@@ -264,6 +264,17 @@ def test_workload_route_grace_and_deferred_interface(cluster: Callable[..., Clus
     assert "10.65.1.7/32" in tabby_routes(ns)
 
 
+def test_ipv6_forwarding_once_an_ipv6_pool_exists(cluster: Callable[..., Cluster]) -> None:
+    c = cluster(1)
+    ns = c.nodes[1].netns
+    netns.run(ns, ["sysctl", "-qw", "net.ipv6.conf.all.forwarding=0"])
+    c.program()  # an IPv4 pool only: IPv6 forwarding (and RA handling) left as it was
+    assert netns.get_sysctl(ns, "net.ipv6.conf.all.forwarding") == "0"
+    c.dps[1].on_update(m.IPPoolUpdate("fd65::/112"))
+    c.dps[1].apply()
+    assert netns.get_sysctl(ns, "net.ipv6.conf.all.forwarding") == "1"
+
+
 def test_ipip_is_a_problem_not_a_traceback(cluster: Callable[..., Cluster]) -> None:
     c = cluster(1)
     dp = c.dps[1]

@@ -195,6 +195,21 @@ def test_registration_sets_keeps_and_removes_managed_annotations(ds: Datastore) 
     assert rc.get("Node", "n2").metadata.annotations is None
 
 
+def test_registration_of_the_ipv6_address_follows_ip6(ds: Datastore) -> None:
+    rc = ResourceClient(ds)
+    ul6 = Underlay("eth0", 2, "172.31.0.10", 24, 1500, "fd00:1::a", 64)
+    rc.create(from_dict({"apiVersion": "projectcalico.org/v3", "kind": "Node",
+                         "metadata": {"name": "n1"},
+                         "spec": {"bgp": {"ipv6Address": "fd00:9::9/64"}}}))
+    NodeRegistrar(ds, "n1", ul6).reconcile()  # IP6=none (Calico's default): left alone
+    assert rc.get("Node", "n1").spec.bgp.ipv6Address == "fd00:9::9/64"
+    NodeRegistrar(ds, "n1", ul6, ip6_autodetect=True).reconcile()
+    bgp = rc.get("Node", "n1").spec.bgp
+    assert (bgp.ipv4Address, bgp.ipv6Address) == ("172.31.0.10/24", "fd00:1::a/64")
+    NodeRegistrar(ds, "n1", UL, ip6_autodetect=True).reconcile()  # no IPv6 found: kept
+    assert rc.get("Node", "n1").spec.bgp.ipv6Address == "fd00:1::a/64"
+
+
 def test_typha_options_reach_the_client(monkeypatch: pytest.MonkeyPatch) -> None:
     import tabby.typha.client as client_mod
 
