@@ -9,8 +9,10 @@ ADD), which is what queues when a node starts many containers at once.
 
 An abstract socket belongs to a network namespace and disappears with its process, so
 there is no file to clean up after a crash and each node namespace of a lab reaches its own
-agent. It has no file permissions either: the server answers only peers with its own uid
-(root), checked with SO_PEERCRED, because the plugin creates links and routes.
+agent. It has no file permissions either, so both ends check the other with SO_PEERCRED:
+the server answers only peers with its own uid (root: the plugin creates links and
+routes), and the client talks only to a root server (anyone could bind the name first and
+would otherwise see the request, datastore credentials included, and forge the answer).
 
     server = CNIServer(); server.start(); ...; server.stop()
     python -m tabby.cni.server            # standalone, until SIGTERM (tests, debugging)
@@ -18,6 +20,7 @@ agent. It has no file permissions either: the server answers only peers with its
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
@@ -26,7 +29,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from tabby.cni import spec
@@ -35,6 +38,9 @@ SOCKET_NAME = "tabby-cni"
 MAGIC = b"TBC1"
 MAX_FRAME = 16 << 20
 MAX_CONCURRENT = 16  # more would only queue on the GIL; the client waits on its socket
+READ_TIMEOUT = 10.0  # to receive a whole request (the client sends it at once)
+SEND_TIMEOUT = 30.0
+STOP_GRACE = 10.0
 
 
 def _handlers() -> dict[str, Callable[..., Any]]:
@@ -98,7 +104,11 @@ def serve_one(name: str, env: dict[str, str], data: bytes) -> tuple[int, bytes]:
 
 
 class CNIServer:
-    """Accepts client connections on the abstract socket and serves each in a thread."""
+    """Accepts client connections on the abstract socket and serves each in a thread.
+
+    A request must arrive within READ_TIMEOUT (a wedged client holds nothing); at most
+    MAX_CONCURRENT run at once; invocations for one container run one at a time, in
+    arrival order, so a DEL sent after a runtime gave up on an ADD never overtakes it."""
 
     def __init__(self, name: str = SOCKET_NAME, log: Callable[[str], None] | None = None,
                  on_served: Callable[[str, str, int, float], None] | None = None) -> None:
@@ -110,6 +120,9 @@ class CNIServer:
         self._thread: threading.Thread | None = None
         self._slots = threading.BoundedSemaphore(MAX_CONCURRENT)
         self._stopping = threading.Event()
+        self._state = threading.Condition()
+        self._active = 0  # connections being handled
+        self._containers: dict[str, list[Any]] = {}  # container id -> [lock, users]
 
     def start(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -124,7 +137,9 @@ class CNIServer:
         self._thread = threading.Thread(target=self._accept_loop, name="cni-server", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, grace: float = STOP_GRACE) -> None:
+        """Stop accepting, then wait up to `grace` seconds for invocations in flight (a
+        half-wired container is repaired by the runtime's DEL and retry, but why cause one)."""
         self._stopping.set()
         if self._sock is not None:
             try:
@@ -134,6 +149,8 @@ class CNIServer:
             self._sock.close()
         if self._thread is not None:
             self._thread.join(5)
+        with self._state:
+            self._state.wait_for(lambda: self._active == 0, grace)
 
     def _accept_loop(self) -> None:
         assert self._sock is not None
@@ -144,8 +161,37 @@ class CNIServer:
                 if self._stopping.is_set():
                     return
                 continue
-            self._slots.acquire()
-            threading.Thread(target=self._serve_conn, args=(conn,), daemon=True).start()
+            try:
+                with self._state:
+                    self._active += 1
+                threading.Thread(target=self._serve_conn, args=(conn,), daemon=True).start()
+            except Exception as exc:  # e.g. no thread to be had: this client, not the server
+                self._done()
+                conn.close()
+                self.log(f"could not serve a connection: {exc}")
+
+    def _done(self) -> None:
+        with self._state:
+            self._active -= 1
+            self._state.notify_all()
+
+    @contextlib.contextmanager
+    def _container(self, cid: str) -> Iterator[None]:
+        """One invocation at a time per container (FIFO enough: a lock per id)."""
+        if not cid:
+            yield
+            return
+        with self._state:
+            entry = self._containers.setdefault(cid, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._state:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._containers[cid]
 
     def _serve_conn(self, conn: socket.socket) -> None:
         try:
@@ -156,25 +202,28 @@ class CNIServer:
                 if uid != os.getuid():
                     self.log(f"refused a client of uid {uid} (pid {pid})")
                     return  # closing without an answer: the client reports "try again"
+                conn.settimeout(READ_TIMEOUT)
                 try:
                     name, env, data = read_request(conn)
-                except (ProtocolError, UnicodeDecodeError) as exc:
-                    self.log(f"bad request from pid {pid}: {exc}")
+                except (ProtocolError, UnicodeDecodeError, TimeoutError) as exc:
+                    self.log(f"bad request from pid {pid}: {exc or 'no request in time'}")
                     return
-                t0 = time.perf_counter()
-                code, out = serve_one(name, env, data)
-                seconds = time.perf_counter() - t0
-                self.served += 1
+                conn.settimeout(SEND_TIMEOUT)
                 command = env.get("CNI_COMMAND", "?")
-                self.log(f"{name} {command} {env.get('CNI_CONTAINERID', '')} -> exit {code} "
-                         f"in {seconds * 1000:.1f} ms")
+                cid = env.get("CNI_CONTAINERID", "")
+                with self._slots, self._container(cid):
+                    t0 = time.perf_counter()
+                    code, out = serve_one(name, env, data)
+                    seconds = time.perf_counter() - t0
+                self.served += 1
+                self.log(f"{name} {command} {cid} -> exit {code} in {seconds * 1000:.1f} ms")
                 if self.on_served is not None:
                     self.on_served(name, command, code, seconds)
                 conn.sendall(encode_answer(code, out))
         except OSError as exc:
             self.log(f"connection failed: {exc}")
         finally:
-            self._slots.release()
+            self._done()
 
 
 def main() -> int:

@@ -115,16 +115,21 @@ def _run(argv: list[str], stdin: str | None = None) -> _Proc:
     os.close(w_in)
     chunks: dict[int, list[bytes]] = {r_out: [], r_err: []}
     open_fds = [r_out, r_err]
+    # poll, not select: in the long-running agent (CNI server) descriptors can pass 1024.
+    poller = select.poll()
+    for fd in open_fds:
+        poller.register(fd, select.POLLIN)
     while open_fds:
-        ready, _, _ = select.select(open_fds, [], [], 30)
+        ready = poller.poll(30_000)
         if not ready:
             os.kill(pid, 9)
             break
-        for fd in ready:
+        for fd, _ in ready:
             data = os.read(fd, 65536)
             if data:
                 chunks[fd].append(data)
             else:
+                poller.unregister(fd)
                 open_fds.remove(fd)
     for fd in (r_out, r_err):
         os.close(fd)

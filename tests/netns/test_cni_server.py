@@ -106,13 +106,70 @@ def test_without_the_server_the_client_runs_the_plugin(served: Served) -> None:
 def test_only_root_is_served(served: Served) -> None:
     lab = served.lab
     env = lab.env("ADD", "cid-n", lab.container("c1"))
+    # 2 MB of stdin: the server hangs up before reading it, and the client must still
+    # answer with a spec error (not die of SIGPIPE).
+    stdin = json.dumps(lab.conf) + " " * 2_000_000
     proc = subprocess.run(
         ["ip", "netns", "exec", lab.node_ns, "setpriv", "--reuid=65534", "--regid=65534",
          "--clear-groups", f"{lab.bin_dir}/tabby-cni"],
-        input=json.dumps(lab.conf), env=env, capture_output=True, text=True, timeout=30)
+        input=stdin, env=env, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1 and json.loads(proc.stdout)["code"] == 11, proc.stdout
     assert served.log_lines(1)[0].startswith("refused a client of uid 65534")
     assert lab.allocations() == [] and lab.node_links() == []
+
+
+SQUATTER = r"""
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind("\0tabby-cni"); s.listen(8); print("up", flush=True)
+while True:
+    c, _ = s.accept()
+    c.settimeout(2)
+    try:
+        got = c.recv(65536)
+    except OSError:
+        got = b""
+    print(f"got {len(got)} bytes", flush=True)
+    c.close()
+"""
+
+
+def test_the_client_trusts_only_a_root_server(topology: Callable[..., Any], tmp_path: Path) -> None:
+    # No agent; an unprivileged process holds the name. The client must neither hand it
+    # the request (datastore URL and all) nor print its answer: it runs the plugin itself.
+    lab = CNILab.make(topology(), tmp_path)
+    # The system python (the venv's lives under /root, which uid 65534 cannot enter).
+    squat = lab.topo.spawn(lab.node_ns, ["setpriv", "--reuid=65534", "--regid=65534",
+                                         "--clear-groups", "/usr/bin/python3", "-c", SQUATTER],
+                           stdout=subprocess.PIPE, text=True, cwd="/")
+    assert squat.popen.stdout is not None and squat.popen.stdout.readline().strip() == "up"
+    res = lab.add("cid-q", lab.container("c1"))
+    assert res.out is not None and res.out["ips"][0]["address"].startswith("10.66.0.")
+    assert squat.popen.stdout.readline().strip() == "got 0 bytes"  # connected, sent nothing
+    assert len(lab.allocations()) == 1
+
+
+WEDGED = r"""
+import socket, sys, time
+conns = []
+for _ in range(int(sys.argv[1])):
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    c.connect("\0tabby-cni")
+    conns.append(c)
+print("connected", flush=True)
+time.sleep(600)
+"""
+
+
+def test_idle_connections_do_not_wedge_the_server(served: Served) -> None:
+    from tabby.cni.server import MAX_CONCURRENT
+
+    lab = served.lab
+    idle = lab.topo.spawn(lab.node_ns, [sys.executable, "-c", WEDGED, str(MAX_CONCURRENT + 4)],
+                          stdout=subprocess.PIPE, text=True)
+    assert idle.popen.stdout is not None and idle.popen.stdout.readline().strip() == "connected"
+    res = lab.add("cid-w", lab.container("c1"))  # served while they hold their connections
+    assert res.out is not None and served.log_lines(1) == ["tabby-cni ADD cid-w -> exit 0"]
 
 
 def test_the_node_agent_serves_its_namespace(topology: Callable[..., Any], tmp_path: Path) -> None:

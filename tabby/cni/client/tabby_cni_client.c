@@ -8,6 +8,10 @@
  * Python plugin installed beside it (<this executable>.py) with the same stdin, so the
  * plugin works before the agent starts and without one.
  *
+ * An abstract socket has no permissions: any user of the namespace could bind the name
+ * first. So the client talks only to a server running as root (or as itself), checked with
+ * SO_PEERCRED, and otherwise runs the Python plugin itself.
+ *
  * Wire format (tabby/cni/server.py is the other end): "TBC1", then three frames of a
  * 4-byte big-endian length and bytes: plugin name, environment ("K=V\0" entries), stdin.
  * The answer: 4-byte exit code, 4-byte length, stdout bytes.
@@ -15,6 +19,8 @@
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
+#include <libgen.h>
+#include <signal.h>
 #include <limits.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -23,10 +29,12 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #define SOCKET_NAME "tabby-cni"
+#define ANSWER_TIMEOUT_S 300 /* a wedged agent: "try again" rather than a hang */
 #define TABBY_MAX_BYTES (16u << 20)
 
 extern char **environ;
@@ -103,18 +111,42 @@ static void fallback(char **argv, const struct buf *in, const char *self) {
     die_json(999, "tabby-cni client: no agent listening and the Python plugin cannot run");
 }
 
+/* The server must be root or this user: anyone can bind an abstract name. */
+static int trusted_peer(int s) {
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    if (getsockopt(s, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+        return 0;
+    return cred.uid == 0 || cred.uid == geteuid();
+}
+
 int main(int argc, char **argv) {
-    (void)argc;
+    /* A server that closes early must give "try again", not a silent death by SIGPIPE. */
+    signal(SIGPIPE, SIG_IGN);
     char self[PATH_MAX];
     ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
     if (n <= 0)
         die_json(999, "tabby-cni client: cannot find its own path");
     self[n] = 0;
-    const char *name = strrchr(self, '/') ? strrchr(self, '/') + 1 : self;
+    /* Replaced while running (an upgrade): the kernel appends " (deleted)". */
+    const char *deleted = " (deleted)";
+    size_t dl = strlen(deleted);
+    if ((size_t)n > dl && !strcmp(self + n - dl, deleted))
+        self[n - dl] = 0;
+    /* The plugin asked for is the name the runtime ran (tabby-ipam may be a link to the
+     * same file), unless that is not one of ours (an exec through /proc/self/fd/N). */
+    char arg0[PATH_MAX], exe[PATH_MAX];
+    snprintf(arg0, sizeof arg0, "%s", argc > 0 && argv[0] ? argv[0] : self);
+    snprintf(exe, sizeof exe, "%s", self);
+    const char *name = basename(arg0);
+    if (strcmp(name, "tabby-cni") && strcmp(name, "tabby-ipam"))
+        name = basename(exe);
 
     struct buf in = {0};
     char chunk[65536];
-    for (;;) {
+    const char *command = getenv("CNI_COMMAND");
+    int skip_stdin = command && !strcmp(command, "VERSION") && isatty(0);
+    for (; !skip_stdin;) {
         ssize_t r = read(0, chunk, sizeof chunk);
         if (r < 0 && errno == EINTR)
             continue;
@@ -131,11 +163,14 @@ int main(int argc, char **argv) {
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
     memcpy(addr.sun_path + 1, SOCKET_NAME, sizeof SOCKET_NAME - 1);
     socklen_t alen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + sizeof SOCKET_NAME - 1);
-    if (s < 0 || connect(s, (struct sockaddr *)&addr, alen) < 0) {
+    if (s < 0 || connect(s, (struct sockaddr *)&addr, alen) < 0 || !trusted_peer(s)) {
         if (s >= 0)
             close(s);
         fallback(argv, &in, self);
     }
+    struct timeval tv = {.tv_sec = ANSWER_TIMEOUT_S};
+    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
 
     struct buf env = {0};
     for (char **e = environ; *e; e++)
