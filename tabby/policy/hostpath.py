@@ -2,11 +2,13 @@
 
 Traffic to a host (a packet that arrives through a host endpoint for the host itself):
 failsafe inbound ports, then untracked (doNotTrack) ingress policy, then preDNAT ingress
-policy, then normal ingress policy with the endpoint's profiles. An Allow in an earlier
-stage skips the later ones; a Deny drops.
+policy, then the cluster's own tunnel packets (VXLAN / IP-in-IP from a known node, while a
+pool uses that encapsulation) are accepted, then normal ingress policy with the endpoint's
+profiles. An Allow in an earlier stage skips the later ones; a Deny drops.
 
 Traffic from a host (sent by the host itself out of a host endpoint): failsafe outbound
-ports, untracked egress policy, normal egress policy. preDNAT policy never applies.
+ports, untracked egress policy, tunnel packets to a known node, normal egress policy.
+preDNAT policy never applies.
 
 Forwarded traffic (in through host endpoint A, out to a local workload or through host
 endpoint B): A's untracked and preDNAT ingress policy, then only applyOnForward policy:
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tabby.dataplane.encap import IPIP_PROTOCOL, VXLAN_PORT
 from tabby.policy.host import INBOUND, OUTBOUND, HostConfig
 from tabby.policy.match import Flow, Matcher, Peer
 from tabby.policy.model import EGRESS, INGRESS, Endpoint, PolicySet
@@ -34,6 +37,7 @@ from tabby.policy.walk import (
     FORWARD,
     LOCAL,
     PRE_DNAT,
+    TUNNEL,
     UNTRACKED,
     DirectionResult,
     Step,
@@ -64,6 +68,23 @@ def _failsafe(cfg: HostConfig, which: str, flow: Flow, remote: Peer, steps: list
     steps.append(Step("Allow", stage=FAILSAFE, note=what))
     return {"stage": FAILSAFE, "failsafe": f"{which} {hit.label}", "action": "Allow",
             "default": f"allow: {what}"}
+
+
+def _tunnel(ps: PolicySet, flow: Flow, remote: Peer, steps: list[Step]) -> dict[str, Any] | None:
+    """The cluster's own VXLAN (UDP 4789) or IP-in-IP packets to or from a known node, which
+    the dataplane accepts ahead of normal host endpoint policy (after the untracked and
+    preDNAT stages), so a host endpoint on the underlay cannot cut pod traffic."""
+    if flow.ip_version != 4 or remote.ip is None or remote.ip not in ps.node_ips:
+        return None
+    if "vxlan" in ps.tunnel_encaps and flow.protocol == 17 and flow.dst_port == VXLAN_PORT:
+        what = "VXLAN"
+    elif "ipip" in ps.tunnel_encaps and flow.protocol == IPIP_PROTOCOL:
+        what = "IP-in-IP"
+    else:
+        return None
+    note = f"{what} with a known node ({remote.ip})"
+    steps.append(Step("Allow", stage=TUNNEL, note=note))
+    return {"stage": TUNNEL, "action": "Allow", "default": f"allow: {note}"}
 
 
 def _reply_pinhole(cfg: HostConfig, which: str, flow: Flow, remote: Peer,
@@ -103,6 +124,9 @@ def to_host(ps: PolicySet, m: Matcher, flow: Flow, hep: Endpoint) -> DirectionRe
                      end_of_tier_drop=False)
     if got is not None:
         return _result(INGRESS, peer, got[0], got[1], steps)
+    tunnel = _tunnel(ps, flow, remote, steps)
+    if tunnel is not None:
+        return _result(INGRESS, peer, True, tunnel, steps)
     allowed, decider = walk_chain(ps, m, flow, INGRESS, ps.resolved(hep).ingress, steps,
                                   profiles=hep.profiles) or (False, {})
     return _result(INGRESS, peer, allowed, decider, steps)
@@ -121,6 +145,9 @@ def from_host(ps: PolicySet, m: Matcher, flow: Flow, hep: Endpoint) -> Direction
                          stage=UNTRACKED, end_of_tier_drop=False)
         if got is not None:
             return _result(EGRESS, peer, got[0], got[1], steps)
+    tunnel = _tunnel(ps, flow, remote, steps)
+    if tunnel is not None:
+        return _result(EGRESS, peer, True, tunnel, steps)
     allowed, decider = walk_chain(ps, m, flow, EGRESS, ps.resolved(hep).egress, steps,
                                   profiles=hep.profiles) or (False, {})
     return _result(EGRESS, peer, allowed, decider, steps)

@@ -367,6 +367,10 @@ class PolicySet:
         self.namespaces: dict[str, dict[str, str]] = {}  # name -> labels
         self.warnings: list[str] = []
         self.felix_configs: dict[str, dict[str, Any]] = {}  # FelixConfiguration specs by name
+        # The cluster's own tunnels, which the dataplane lets past host endpoint policy:
+        # nodes' IPv4 underlay addresses, and the encapsulations some pool uses.
+        self.node_ips: set[IPAddress] = set()
+        self.tunnel_encaps: set[str] = set()  # "vxlan", "ipip"
         self._ordered: Any = None
         self._resolved: dict[int, Any] = {}
         self._resolved_host: dict[int, Any] = {}
@@ -409,6 +413,10 @@ class PolicySet:
                 ps._guard(doc, ps._add_network_set)
         for doc in by_kind.get("FelixConfiguration", []):
             ps._guard(doc, ps._add_felix_config)
+        for doc in by_kind.get("Node", []):
+            ps._guard(doc, ps._add_node)
+        for doc in by_kind.get("IPPool", []):
+            ps._guard(doc, ps._add_pool)
         ps._fill_tiers()
         return ps
 
@@ -469,6 +477,18 @@ class PolicySet:
 
     def _add_network_set(self, doc: Mapping[str, Any]) -> None:
         self.network_sets.append(network_set(doc, self.profiles))
+
+    def _add_node(self, doc: Mapping[str, Any]) -> None:
+        addr = str((_spec(doc).get("bgp") or {}).get("ipv4Address") or "").split("/")[0]
+        if addr:
+            self.node_ips.add(ipaddress.ip_address(addr))
+
+    def _add_pool(self, doc: Mapping[str, Any]) -> None:
+        # Disabled pools count, as in the dataplane: their blocks may still be in use.
+        spec = _spec(doc)
+        for mode, encap in (("vxlanMode", "vxlan"), ("ipipMode", "ipip")):
+            if (spec.get(mode) or "Never") != "Never":
+                self.tunnel_encaps.add(encap)
 
     def _add_felix_config(self, doc: Mapping[str, Any]) -> None:
         name = _meta(doc).get("name")

@@ -32,6 +32,7 @@ PRE_DNAT = "preDNAT"
 FORWARD = "forward"
 ENDPOINT_TO_HOST = "endpointToHost"
 LOCAL = "local"  # host <-> its own workloads / itself: no policy in the way
+TUNNEL = "tunnel"  # VXLAN / IP-in-IP between known nodes: accepted ahead of host policy
 
 
 @dataclass(frozen=True)

@@ -307,6 +307,39 @@ def test_untracked_allow_skips_only_forward_ingress_policy() -> None:
     assert not check(ps, OUTSIDE, "x/a", "TCP", 8080).allowed  # the forward policy
 
 
+# -- the cluster's own tunnels ------------------------------------------------------------
+
+def node(name: str, ip: str) -> dict[str, Any]:
+    return res("Node", name, {"bgp": {"ipv4Address": f"{ip}/24"}})
+
+
+def pool(**modes: str) -> dict[str, Any]:
+    return res("IPPool", "p", {"cidr": "10.1.0.0/16", **modes})
+
+
+def test_tunnel_packets_between_known_nodes_pass_host_policy() -> None:
+    # As the dataplane's tunnel rules: ahead of normal host endpoint policy, after the
+    # untracked and preDNAT stages; only from/to known nodes, only for a pool's encap.
+    ps = build(DENY_ALL_HOSTS, node("n2", "10.0.0.2"), pool(vxlanMode="Always"))
+    v = check(ps, "10.0.0.2", "n1-eth0", "UDP", 4789)
+    assert v.allowed and v.ingress.decider["stage"] == "tunnel"
+    v = check(ps, "n1-eth0", "10.0.0.2", "UDP", 4789)
+    assert v.allowed and v.egress.decider["stage"] == "tunnel"
+    assert not check(ps, "10.0.0.99", "n1-eth0", "UDP", 4789).allowed  # not a node
+    assert not check(ps, "10.0.0.2", "n1-eth0", "UDP", 4790).allowed  # not VXLAN
+    assert not check(ps, "10.0.0.2", "n1-eth0", "4", None).allowed  # no IPIP pool
+    ipip = build(DENY_ALL_HOSTS, node("n2", "10.0.0.2"), pool(ipipMode="CrossSubnet"))
+    assert check(ipip, "10.0.0.2", "n1-eth0", "4", None).ingress.decider["stage"] == "tunnel"
+    no_pool = build(DENY_ALL_HOSTS, node("n2", "10.0.0.2"))
+    assert not check(no_pool, "10.0.0.2", "n1-eth0", "UDP", 4789).allowed
+    # An untracked Deny comes first (the raw table), as in the dataplane.
+    raw = build(DENY_ALL_HOSTS, node("n2", "10.0.0.2"), pool(vxlanMode="Always"),
+                gnp("raw-deny", doNotTrack=True, applyOnForward=True,
+                    ingress=[{"action": "Deny", "protocol": "UDP"}]))
+    v = check(raw, "10.0.0.2", "n1-eth0", "UDP", 4789)
+    assert not v.allowed and v.ingress.decider["stage"] == "untracked"
+
+
 # -- workload <-> own host ----------------------------------------------------------------
 
 @pytest.mark.parametrize("action,allowed", [(None, False), ("Drop", False), ("Accept", True),
