@@ -6,7 +6,8 @@ forms are stable, and owning the socket is what lets a watch be closed from anot
 stream breaks, and report compaction (etcd3gw ignores the cancel; the grpc clients pull in
 grpcio and break with current protobuf). Gateway JSON quirks handled here: keys and values
 are base64, int64 fields are strings, zero values are omitted (a PUT event has no "type", a
-failed txn no "succeeded", an empty value no "value").
+failed txn no "succeeded", an empty value no "value"). A write whose answer is lost is
+settled by reading the key back (see `_read_back`): every write is a compare-and-swap.
 """
 
 from __future__ import annotations
@@ -106,6 +107,10 @@ class _GatewayError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
+class _OutcomeUnknown(Unavailable):
+    """A request was sent and no answer came: a write may or may not have happened."""
+
+
 class _NoAnswer(Exception):
     """A request was sent but no answer came in time: a write may or may not have happened,
     so it is not retried elsewhere."""
@@ -178,7 +183,7 @@ class _Client:
             try:
                 status, data = self._post(idx, path, body)
             except _NoAnswer as exc:
-                raise Unavailable(
+                raise _OutcomeUnknown(
                     f"etcd at {_fmt(self.endpoints[idx])} did not answer {path}: {exc}"
                     " (the outcome of a write is unknown; read back before retrying)"
                 ) from None
@@ -272,20 +277,71 @@ class EtcdDatastore(Datastore):
                 return out, revision
             body = {**body, "key": _b64(_unb64(kvs[-1]["key"]) + b"\0")}
 
+    # A write whose answer was lost (no reply within REQUEST_TIMEOUT) is settled by reading
+    # the key back: every write is a compare-and-swap, so one that did not happen can be
+    # sent again without applying twice, and one that did shows as our value at a newer
+    # revision (or another writer's identical bytes, which is the same state). Only if the
+    # read-back fails too is the outcome reported unknown.
+
+    def _read_back(self, key: str, lost: _OutcomeUnknown) -> KV | None:
+        try:
+            return self.get(key)
+        except Unavailable:
+            raise lost from None
+
     def create(self, key: str, value: bytes) -> int:
         _check_key(key)
+        return self._create(key, bytes(value), resend=1)
+
+    def _create(self, key: str, value: bytes, resend: int) -> int:
         k = _b64(key)
-        reply = self._txn(
-            f"create {key!r}",
-            [{"key": k, "target": "CREATE", "result": "EQUAL", "create_revision": "0"}],
-            [{"request_put": {"key": k, "value": _b64(bytes(value))}}],
-            key,
-        )
+        try:
+            reply = self._txn(
+                f"create {key!r}",
+                [{"key": k, "target": "CREATE", "result": "EQUAL", "create_revision": "0"}],
+                [{"request_put": {"key": k, "value": _b64(bytes(value))}}],
+                key,
+            )
+        except _OutcomeUnknown as lost:
+            kv = self._read_back(key, lost)
+            if kv is not None and kv.value == bytes(value):
+                return kv.mod_revision  # it happened
+            if kv is None and resend:
+                return self._create(key, value, resend - 1)  # it did not: once more
+            if kv is None:
+                raise
+            raise AlreadyExists(f"key {key!r} already exists") from None
         if not reply.get("succeeded"):
             raise AlreadyExists(f"key {key!r} already exists")
         return int(reply["header"]["revision"])
 
-    def _cas(self, key: str, expected_revision: int | None, op: dict[str, Any], what: str) -> int:
+    def _cas(self, key: str, expected_revision: int | None, op: dict[str, Any], what: str,
+             value: bytes | None = None, _resend: int = 1) -> int:
+        """Put `value` (op request_put) or delete (op request_delete_range) if the key is at
+        `expected_revision` (None: any revision, delete only)."""
+        try:
+            return self._cas_once(key, expected_revision, op, what)
+        except _OutcomeUnknown as exc:
+            lost = exc
+        kv = self._read_back(key, lost)
+        if value is not None and kv is not None and kv.value == value and (
+                expected_revision is None or kv.mod_revision > expected_revision):
+            return kv.mod_revision  # the put happened
+        if value is None and kv is None:
+            return self.revision()  # the key is gone: the delete's effect holds
+        unchanged = kv is not None and (expected_revision is None
+                                        or kv.mod_revision == expected_revision)
+        if unchanged and _resend:  # it did not happen: once more
+            return self._cas(key, expected_revision, op, what, value, _resend - 1)
+        if unchanged:
+            raise lost
+        if kv is None:
+            raise NotFound(f"key {key!r} not found")
+        raise Conflict(
+            f"key {key!r} is at revision {kv.mod_revision}, expected {expected_revision}")
+
+    def _cas_once(self, key: str, expected_revision: int | None, op: dict[str, Any],
+                  what: str) -> int:
         k = _b64(key)
         compare: list[Any] = [{"key": k, "target": "VERSION", "result": "GREATER", "version": "0"}]
         if expected_revision is not None:
@@ -310,7 +366,7 @@ class EtcdDatastore(Datastore):
     def update(self, key: str, value: bytes, expected_revision: int) -> int:
         _check_key(key)
         op = {"request_put": {"key": _b64(key), "value": _b64(bytes(value))}}
-        return self._cas(key, expected_revision, op, f"update {key!r}")
+        return self._cas(key, expected_revision, op, f"update {key!r}", bytes(value))
 
     def delete(self, key: str, expected_revision: int | None = None) -> int:
         _check_key(key)

@@ -126,3 +126,59 @@ def test_server_restart_keeps_data_and_url(running_etcd: EtcdServer, ds_prefix: 
     assert running_etcd.url == url
     with open_datastore(url) as ds:
         assert ds.get(ds_prefix + "kept").mod_revision == rev  # type: ignore[union-attr]
+
+
+class _LoseAnswers:
+    """Wraps the client's _post: the next `n` txn requests are sent and applied (or, with
+    apply=False, dropped before sending), and then their answer is lost, as when etcd
+    answers after REQUEST_TIMEOUT."""
+
+    def __init__(self, ds: object, n: int, apply: bool = True) -> None:
+        self.client = ds._client  # type: ignore[attr-defined]
+        self.real = self.client._post
+        self.left, self.apply = n, apply
+        self.client._post = self
+
+    def __call__(self, idx: int, path: str, body: bytes) -> tuple[int, bytes]:
+        if path == "/v3/kv/txn" and self.left:
+            self.left -= 1
+            if self.apply:
+                self.real(idx, path, body)
+            raise etcd_mod._NoAnswer("answer lost (test)")
+        return self.real(idx, path, body)
+
+
+@pytest.mark.parametrize("apply", [True, False], ids=["applied", "not-applied"])
+def test_a_write_whose_answer_is_lost_is_settled_by_reading_back(
+    etcd_server: EtcdServer, ds_prefix: str, apply: bool
+) -> None:
+    from tabby.datastore import AlreadyExists, Conflict
+
+    key = ds_prefix + "k"
+    with open_datastore(etcd_server.url) as ds:
+        _LoseAnswers(ds, 1, apply)
+        r1 = ds.create(key, b"1")
+        assert ds.get(key) == etcd_mod.KV(key, b"1", r1, r1)  # once, at the revision returned
+        _LoseAnswers(ds, 1, apply)
+        r2 = ds.update(key, b"2", r1)
+        assert r2 > r1 and ds.get(key).mod_revision == r2  # type: ignore[union-attr]
+        with pytest.raises(Conflict):  # a stale revision still conflicts
+            _LoseAnswers(ds, 1, apply)
+            ds.update(key, b"3", r1)
+        _LoseAnswers(ds, 1, apply)
+        ds.delete(key, r2)
+        assert ds.get(key) is None
+        ds.create(key, b"other")
+        with pytest.raises(AlreadyExists):
+            _LoseAnswers(ds, 1, apply)
+            ds.create(key, b"mine")
+
+
+def test_an_answer_lost_twice_stays_unknown(etcd_server: EtcdServer, ds_prefix: str) -> None:
+    key = ds_prefix + "k"
+    with open_datastore(etcd_server.url) as ds:
+        r1 = ds.create(key, b"1")
+        _LoseAnswers(ds, 2, apply=False)  # not applied, and the resend is lost too
+        with pytest.raises(Unavailable, match="outcome of a write is unknown"):
+            ds.update(key, b"2", r1)
+        assert ds.get(key).value == b"1"  # type: ignore[union-attr]
