@@ -21,15 +21,14 @@ import dataclasses
 import random
 
 import pytest
+from test_nft_render_driver import FakeNft
 from test_nft_render_merge_random import (
     IPSETS,
-    NOPE,
     PORTS,
     Packet,
-    _elements,
-    _field,
     _part_matches,
     _tokens,
+    match_term,
     random_packet,
     random_rules,
 )
@@ -44,7 +43,7 @@ from tabby.calc.messages import (
     TierInfo,
     WorkloadEndpointUpdate,
 )
-from tabby.dataplane.nft import NftApplyError, NftDataplane, build
+from tabby.dataplane.nft import build
 from tabby.dataplane.nft.model import Ruleset, full_text
 from tabby.dataplane.nft.names import MARK_ACCEPT, policy_chain
 from tabby.dataplane.nft.render import INDEX_MIN, INLINE_MAX, DataplaneState
@@ -127,7 +126,7 @@ def test_tier_chain_text_around_inlined_policies() -> None:
 
 
 def test_a_kernel_refusal_of_an_inlined_rule_fails_its_policy_closed() -> None:
-    dp = Fake()
+    dp = FakeNft(INLINE_MAX)  # the driver's default: inlining on
     for m in (ALLOW, WEB, IPSetUpdate("a", "ip", frozenset({"10.0.0.1"})), InSync(),
               WorkloadEndpointUpdate("w", "cali1", tiers=(TierInfo("t", "Deny", ("web",)),),
                                      profile_ids=("allow",))):
@@ -142,22 +141,8 @@ def test_a_kernel_refusal_of_an_inlined_rule_fails_its_policy_closed() -> None:
     assert dp._applied.chains[policy_chain("t/web", True)].rules[0].startswith("drop ")
 
 
-class Fake(NftDataplane):
-    def __init__(self) -> None:
-        super().__init__(None)  # the driver inlines by default
-        self.calls: list[str] = []
-        self.fail: list[str] = []
-
-    def _run(self, args: list[str], stdin: str | None) -> str:
-        self.calls.append(stdin or " ".join(args))
-        if self.fail:
-            err = self.fail.pop(0)
-            raise NftApplyError(f"nft failed: {err}", err)
-        return ""
-
-
-def synced(*msgs: object) -> Fake:
-    dp = Fake()
+def synced(*msgs: object) -> FakeNft:
+    dp = FakeNft(INLINE_MAX)  # the driver's default: inlining on
     for m in (ALLOW, *msgs, InSync()):
         dp.on_update(m)
     assert dp.apply().mode == "full"
@@ -269,22 +254,7 @@ def walk(rs: Ruleset, chain: str, p: Packet, st: dict[str, object]) -> str | Non
                 ok = mark & int(toks[i + 3], 16) == int(toks[i + 5], 16)
                 i += 6
             else:
-                sels = [(toks[i], toks[i + 1])]
-                i += 2
-                while i < len(toks) and toks[i] == ".":
-                    sels.append((toks[i + 1], toks[i + 2]))
-                    i += 3
-                neg = toks[i] == "!="
-                i += neg
-                values = [_field(s, p) for s in sels]
-                if any(v is NOPE for v in values):
-                    ok = False
-                    continue
-                hit = any(all(_part_matches(s, part.strip(), v) for s, part, v in
-                              zip(sels, elem.split(" . "), values, strict=True))
-                          for elem in _elements(toks[i], rs))
-                ok = hit != neg
-                i += 1
+                ok, i = match_term(toks, i, rs, p)
     return None
 
 

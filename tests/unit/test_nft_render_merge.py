@@ -8,6 +8,7 @@ and the driver's deltas carry a merged policy's sets with its chain."""
 from __future__ import annotations
 
 import pytest
+from test_nft_render_driver import FakeNft
 
 from tabby.calc.messages import (
     InSync,
@@ -20,7 +21,7 @@ from tabby.calc.messages import (
     TierInfo,
     WorkloadEndpointUpdate,
 )
-from tabby.dataplane.nft import NftApplyError, NftDataplane, build, merge
+from tabby.dataplane.nft import build, merge
 from tabby.dataplane.nft.model import NftSet, full_text
 from tabby.dataplane.nft.names import policy_chain
 from tabby.dataplane.nft.render import DataplaneState
@@ -231,30 +232,14 @@ def test_merge_off_is_one_nft_rule_per_policy_rule() -> None:
 # --- applying: a merged policy's sets travel with its chain ------------------------------------
 
 
-class Recorder(NftDataplane):
-    def __init__(self, inline_max: int = 0) -> None:
-        # 0: every policy keeps its own chain, the layout these tests look at (inlining
-        # into tier chains is tested in test_nft_render_inline.py)
-        super().__init__(None, inline_max=inline_max)
-        self.calls: list[str] = []
-        self.fail: list[str] = []
-
-    def _run(self, args: list[str], stdin: str | None) -> str:
-        self.calls.append(stdin or " ".join(args))
-        if self.fail:
-            err = self.fail.pop(0)
-            raise NftApplyError(f"nft failed: {err}", err)
-        return ""
-
-
 def big_policy(n: int, port: int = 80, extra: tuple[Rule, ...] = ()) -> PolicyUpdate:
     rules = tuple(src(f"10.2.{k // 250}.{k % 250 + 1}/32", protocol="tcp", dst_ports=(port,))
                   for k in range(n))
     return PolicyUpdate(("t", "big"), rules + extra)
 
 
-def synced(pol: PolicyUpdate) -> Recorder:
-    dp = Recorder()
+def synced(pol: PolicyUpdate) -> FakeNft:
+    dp = FakeNft()
     for m in (ProfileUpdate("allow", (Rule("allow"),)), pol, WorkloadEndpointUpdate(
             "w", "cali1", tiers=(TierInfo("t", "Deny", ("big",)),), profile_ids=("allow",)),
             InSync()):
@@ -309,7 +294,7 @@ def test_removed_policy_takes_its_sets_after_its_chain() -> None:
 
 
 def test_a_kernel_refusal_of_a_merged_set_fails_its_policy_closed() -> None:
-    dp = Recorder()
+    dp = FakeNft()
     for m in (ProfileUpdate("allow", (Rule("allow"),)), big_policy(600), InSync(),
               WorkloadEndpointUpdate("w", "cali1", tiers=(TierInfo("t", "Deny", ("big",)),))):
         dp.on_update(m)
@@ -324,7 +309,7 @@ def test_a_kernel_refusal_of_a_merged_set_fails_its_policy_closed() -> None:
 def test_member_only_updates_leave_merged_sets_alone() -> None:
     ipset = IPSetUpdate("s", "ip", frozenset({"10.0.0.1"}))
     pol = big_policy(40, extra=(Rule("allow", src_ip_set_ids=("s",)),))
-    dp = Recorder()
+    dp = FakeNft()
     for m in (ProfileUpdate("allow", (Rule("allow"),)), ipset, pol, InSync(), WorkloadEndpointUpdate(
             "w", "cali1", tiers=(TierInfo("t", "Deny", ("big",)),))):
         dp.on_update(m)

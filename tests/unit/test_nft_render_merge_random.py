@@ -225,24 +225,27 @@ def run_chain(lines: tuple[str, ...], rs: Ruleset, p: Packet) -> tuple[str, list
             elif toks[i:i + 3] == ("meta", "mark", "&"):
                 ok = mark & int(toks[i + 3], 16) == int(toks[i + 5], 16)
                 i += 6
-            else:  # selector [. selector ...] [!=] value
-                sels = [(toks[i], toks[i + 1])]
-                i += 2
-                while i < len(toks) and toks[i] == ".":
-                    sels.append((toks[i + 1], toks[i + 2]))
-                    i += 3
-                neg = toks[i] == "!="
-                i += neg
-                values = [_field(s, p) for s in sels]
-                if any(v is NOPE for v in values):
-                    ok = False
-                    continue
-                hit = any(all(_part_matches(s, part.strip(), v) for s, part, v in
-                              zip(sels, elem.split(" . "), values, strict=True))
-                          for elem in _elements(toks[i], rs))
-                ok = hit != neg
-                i += 1
+            else:
+                ok, i = match_term(toks, i, rs, p)
     return "none", logs
+
+
+def match_term(toks: tuple[str, ...], i: int, rs: Ruleset, p: Packet) -> tuple[bool, int]:
+    """`selector [. selector ...] [!=] value` at toks[i]: (matches, index after it)."""
+    sels = [(toks[i], toks[i + 1])]
+    i += 2
+    while i < len(toks) and toks[i] == ".":
+        sels.append((toks[i + 1], toks[i + 2]))
+        i += 3
+    neg = toks[i] == "!="
+    i += neg
+    values = [_field(s, p) for s in sels]
+    if any(v is NOPE for v in values):
+        return False, i
+    hit = any(all(_part_matches(s, part.strip(), v) for s, part, v in
+                  zip(sels, elem.split(" . "), values, strict=True))
+              for elem in _elements(toks[i], rs))
+    return hit != neg, i + 1
 
 
 # --- random rule lists -----------------------------------------------------------------------
