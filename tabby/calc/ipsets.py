@@ -33,6 +33,7 @@ from typing import Any
 from tabby.calc.messages import IPSetDeltaUpdate, IPSetRemove, IPSetUpdate
 from tabby.calc.rules import PROTOCOL_NAMES, IPSetSpec
 from tabby.selector import LabelIndex
+from tabby.selector.index import bucket_add, bucket_discard
 
 NamedPorts = tuple[tuple[str, int, int], ...]  # (name, protocol number, port)
 
@@ -42,7 +43,8 @@ class IPSetCalculator:
         self.index = LabelIndex(self._started, self._stopped)
         self._ips: dict[Hashable, tuple[str, ...]] = {}  # member key -> its addresses/nets
         self._ports: dict[Hashable, NamedPorts] = {}  # only members that declare ports
-        # Address -> the member key holding it, or a dict (as a set) of keys if shared.
+        # Address -> the member key holding it, or a dict (as a set) of keys if shared
+        # (the label index's bucket layout and helpers).
         self._by_addr: dict[str, Any] = {}
         self._specs: dict[str, IPSetSpec] = {}  # active sets
         self._refs: dict[str, int] = {}
@@ -140,28 +142,14 @@ class IPSetCalculator:
         self._ips[key] = ips
         if ports:
             self._ports[key] = ports
-        by_addr = self._by_addr
         for ip in ips:
-            holder = by_addr.get(ip)
-            if holder is None:
-                by_addr[ip] = key
-            elif type(holder) is dict:
-                holder[key] = None
-            elif holder != key:
-                by_addr[ip] = {holder: None, key: None}
+            bucket_add(self._by_addr, ip, key)
 
     def _unstore(self, key: Hashable) -> None:
         ips = self._ips.pop(key)
         self._ports.pop(key, None)
-        by_addr = self._by_addr
         for ip in ips:
-            holder = by_addr.get(ip)
-            if type(holder) is dict:
-                holder.pop(key, None)
-                if len(holder) == 1:
-                    by_addr[ip] = next(iter(holder))
-            elif holder == key:
-                del by_addr[ip]
+            bucket_discard(self._by_addr, ip, key)
 
     def update_parent(self, parent: Hashable, labels: Mapping[str, str] | None) -> None:
         if labels:

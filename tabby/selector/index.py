@@ -75,7 +75,7 @@ _FEW = 16  # an endpoint's matches: a tuple up to this many, then a set
 _MISSING = object()
 
 
-def _bucket_add(index: dict, key: Hashable, item: Hashable) -> None:
+def bucket_add(index: dict, key: Hashable, item: Hashable) -> None:
     """Add to a bucket of endpoint ids: the bare id while it holds one (ids are hashable,
     so never a dict themselves), from two on a dict used as a set (a large dict takes
     about half the memory of a set of the same size)."""
@@ -88,7 +88,7 @@ def _bucket_add(index: dict, key: Hashable, item: Hashable) -> None:
         index[key] = {bucket: None, item: None}
 
 
-def _bucket_discard(index: dict, key: Hashable, item: Hashable) -> None:
+def bucket_discard(index: dict, key: Hashable, item: Hashable) -> None:
     bucket = index.get(key, _MISSING)
     if type(bucket) is dict:
         bucket.pop(item, None)
@@ -308,7 +308,7 @@ class LabelIndex:
             for ep_id, ep in self._eps.items():
                 value = ep.labels.get(key)
                 if value is not None:
-                    _bucket_add(values, value, ep_id)
+                    bucket_add(values, value, ep_id)
                     count += 1
             self._eps_by_label[key] = values
             self._key_count[key] = count
@@ -510,11 +510,11 @@ class LabelIndex:
             old_value = old.get(key)
             new_value = new.get(key)
             if old_value is not None:
-                _bucket_discard(values, old_value, ep_id)
+                bucket_discard(values, old_value, ep_id)
                 if new_value is None:
                     key_count[key] -= 1
             if new_value is not None:
-                _bucket_add(values, new_value, ep_id)
+                bucket_add(values, new_value, ep_id)
                 if old_value is None:
                     key_count[key] += 1
 
